@@ -303,7 +303,6 @@ func (ns *NS) StartCredServer(listen string, args ...string) *Proc {
 	return p
 }
 
-
 // Cleanup removes the built binaries; call it from TestMain.
 func Cleanup() {
 	buildMu.Lock()
