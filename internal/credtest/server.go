@@ -30,6 +30,8 @@ type Server struct {
 	Expiry time.Duration
 	// AccountID and RoleArn are optional fields of the answer.
 	AccountID, RoleArn string
+	// Delay holds every credential answer this long (drain tests).
+	Delay time.Duration
 	// Log receives one JSON line per credential request (never a token:
 	// only whether it matched and a short hash).
 	Log func(Record)
@@ -141,6 +143,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	default:
 		rec.Auth = "ok"
+	}
+	if s.Delay > 0 {
+		time.Sleep(s.Delay)
 	}
 	rec.Seq = s.seq.Add(1)
 	rec.Status = http.StatusOK

@@ -495,3 +495,5 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+func execCommand(args ...string) *exec.Cmd { return exec.Command(args[0], args[1:]...) }

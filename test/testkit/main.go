@@ -56,6 +56,7 @@ func credserver(args []string) error {
 	fs.DurationVar(&s.Expiry, "expiry", time.Hour, "lifetime of issued credentials")
 	fs.StringVar(&s.AccountID, "account-id", "", "AccountId to include")
 	fs.StringVar(&s.RoleArn, "role-arn", "", "RoleArn to include")
+	fs.DurationVar(&s.Delay, "delay", 0, "hold every credential answer this long")
 	logPath := fs.String("log", "", "append one JSON line per credential request to this file")
 	quiet := fs.Bool("quiet", false, "no request log on stdout")
 	_ = fs.Parse(args)
