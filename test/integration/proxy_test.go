@@ -343,4 +343,3 @@ func runHost(args ...string) nstest.Result {
 	}
 	return nstest.Result{Stdout: so.String(), Stderr: se.String(), Code: code}
 }
-
