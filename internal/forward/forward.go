@@ -1,16 +1,16 @@
 // Package forward is ecsmeta-proxy's userspace TCP forwarder: it accepts
 // connections on its listeners, only from this network namespace, and
-// copies bytes to and from the upstream, holding a buffer only while data
-// is moving.
+// copies bytes to and from the upstream. An idle connection holds its two
+// sockets and nothing else: no goroutine, no buffer, no pipe.
 package forward
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
@@ -40,25 +41,45 @@ type Forwarder struct {
 	sem       chan struct{}
 	listeners []*net.TCPListener
 	local     *localAddrs
+	poll      *poller
 	active    sync.WaitGroup
 	mu        sync.Mutex
 	conns     map[*pair]struct{}
 	probes    sync.Map // client port -> *atomic.Bool, see WatchPort
 	closed    atomic.Bool
+	toUp      prometheus.Counter
+	toClient  prometheus.Counter
+	burst     bool // more than burstConns were open since the last quiet tick
 }
+
+// burstConns open connections count as a burst worth returning memory after.
+const burstConns = 32
 
 // New returns a forwarder; Listen binds it.
 func New(o Options) *Forwarder {
-	return &Forwarder{opts: o, sem: make(chan struct{}, o.MaxConns), local: newLocalAddrs(), conns: map[*pair]struct{}{}}
+	return &Forwarder{opts: o, sem: make(chan struct{}, o.MaxConns), local: newLocalAddrs(), conns: map[*pair]struct{}{},
+		toUp: o.Metrics.Bytes.WithLabelValues("to_upstream"), toClient: o.Metrics.Bytes.WithLabelValues("to_client")}
 }
 
 // Listen binds every listen address, or none: on error the ones already
 // bound are closed again.
 func (f *Forwarder) Listen() error {
+	tick := f.opts.IdleTimeout / 4
+	if tick > time.Second {
+		tick = time.Second
+	} else if tick < 10*time.Millisecond {
+		tick = 10 * time.Millisecond
+	}
+	p, err := newPoller(tick, f.closeIdle)
+	if err != nil {
+		return err
+	}
+	f.poll = p
 	for _, addr := range f.opts.Listen {
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
 			f.CloseListeners()
+			f.Close()
 			return explainListen(addr, err)
 		}
 		f.listeners = append(f.listeners, ln.(*net.TCPListener))
@@ -111,6 +132,13 @@ func (f *Forwarder) CloseListeners() {
 	}
 }
 
+// Close stops the poller; call it after Drain.
+func (f *Forwarder) Close() {
+	if f.poll != nil {
+		f.poll.close()
+	}
+}
+
 // Active returns the number of open forwarded connections.
 func (f *Forwarder) Active() int {
 	f.mu.Lock()
@@ -129,13 +157,16 @@ func (f *Forwarder) Drain(ctx context.Context) int {
 	case <-ctx.Done():
 	}
 	f.mu.Lock()
-	n := len(f.conns)
+	open := make([]*pair, 0, len(f.conns))
 	for p := range f.conns {
-		p.close()
+		open = append(open, p)
 	}
 	f.mu.Unlock()
+	for _, p := range open {
+		p.close()
+	}
 	<-done
-	return n
+	return len(open)
 }
 
 // WatchPort lets the prober learn whether its own connection from the
@@ -150,9 +181,38 @@ func (f *Forwarder) WatchPort(port uint16) func() bool {
 	}
 }
 
+// closeIdle runs on the poller's tick: it closes connections with no bytes
+// either way for the idle timeout, including ones stuck in a write.
+func (f *Forwarder) closeIdle() {
+	limit := time.Now().Add(-f.opts.IdleTimeout).UnixNano()
+	var idle []*pair
+	f.mu.Lock()
+	for p := range f.conns {
+		if p.lastActive.Load() < limit {
+			idle = append(idle, p)
+		}
+	}
+	n := len(f.conns)
+	f.mu.Unlock()
+	// After a burst, hand the memory it needed back to the system: a
+	// sidecar should cost nothing between credential refreshes.
+	if n > burstConns {
+		f.burst = true
+	} else if n == 0 && f.burst {
+		f.burst = false
+		debug.FreeOSMemory()
+	}
+	for _, p := range idle {
+		klog.V(4).InfoS("closing idle connection", "client", p.client.RemoteAddr(), "idleTimeout", f.opts.IdleTimeout)
+		p.close()
+	}
+}
+
 func (f *Forwarder) acceptLoop(ln *net.TCPListener) {
 	name := ln.Addr().String()
 	m := f.opts.Metrics
+	total, active := m.ConnsTotal.WithLabelValues(name), m.ConnsActive.WithLabelValues(name)
+	notLocal, full := m.ConnsRejected.WithLabelValues(name, "not_local"), m.ConnsRejected.WithLabelValues(name, "max_conns")
 	var delay time.Duration
 	for {
 		c, err := ln.AcceptTCP()
@@ -173,7 +233,7 @@ func (f *Forwarder) acceptLoop(ln *net.TCPListener) {
 		delay = 0
 		remote := c.RemoteAddr().(*net.TCPAddr).AddrPort()
 		if !f.local.contains(remote.Addr()) {
-			m.ConnsRejected.WithLabelValues(name, "not_local").Inc()
+			notLocal.Inc()
 			klog.V(2).InfoS("closed a connection from outside this network namespace", "listener", name, "remote", remote)
 			_ = c.SetLinger(0)
 			_ = c.Close()
@@ -185,72 +245,208 @@ func (f *Forwarder) acceptLoop(ln *net.TCPListener) {
 		select {
 		case f.sem <- struct{}{}:
 		default:
-			m.ConnsRejected.WithLabelValues(name, "max_conns").Inc()
+			full.Inc()
 			klog.V(2).InfoS("closed a connection: --max-conns reached", "listener", name, "max", f.opts.MaxConns)
 			_ = c.SetLinger(0)
 			_ = c.Close()
 			continue
 		}
-		m.ConnsTotal.WithLabelValues(name).Inc()
-		p := &pair{client: c, name: name}
+		total.Inc()
+		active.Inc()
+		p := &pair{f: f, client: c, active: active}
+		p.lastActive.Store(time.Now().UnixNano())
 		f.mu.Lock()
 		f.conns[p] = struct{}{}
 		f.mu.Unlock()
 		f.active.Add(1)
-		m.ConnsActive.WithLabelValues(name).Inc()
-		go f.handle(p)
+		go p.start()
 	}
 }
 
-// pair is one forwarded connection.
+// pair is one forwarded connection: two directions, each idle in the
+// poller or pumping in a short-lived goroutine.
 type pair struct {
-	name       string
+	f          *Forwarder
 	client     *net.TCPConn
 	upstream   *net.TCPConn
-	lastActive atomic.Int64 // unix nanos
+	active     prometheus.Gauge
+	lastActive atomic.Int64 // unix nanos of the last byte either way
+	open       atomic.Int32 // directions not yet at EOF
+	mu         sync.Mutex   // guards the fields below
+	dirs       []*direction
+	closed     bool
 	closeOnce  sync.Once
 }
 
 func (p *pair) close() {
 	p.closeOnce.Do(func() {
-		_ = p.client.Close()
-		if p.upstream != nil {
-			_ = p.upstream.Close()
+		p.mu.Lock()
+		dirs, up := p.dirs, p.upstream
+		p.dirs, p.closed = nil, true
+		p.mu.Unlock()
+		for _, d := range dirs {
+			d.stopWatching() // before the fds close: their numbers get reused
 		}
-	})
-}
-
-func (f *Forwarder) handle(p *pair) {
-	m := f.opts.Metrics
-	defer func() {
-		p.close()
+		_ = p.client.Close()
+		if up != nil {
+			_ = up.Close()
+		}
+		f := p.f
 		f.mu.Lock()
 		delete(f.conns, p)
 		f.mu.Unlock()
-		m.ConnsActive.WithLabelValues(p.name).Dec()
+		p.active.Dec()
 		<-f.sem
 		f.active.Done()
-	}()
-	up, err := f.dial()
+		klog.V(4).InfoS("closed", "client", p.client.RemoteAddr())
+	})
+}
+
+func (p *pair) start() {
+	up, err := p.f.dial()
 	if err != nil {
-		m.DialErrors.Inc()
+		p.f.opts.Metrics.DialErrors.Inc()
 		klog.V(2).InfoS("upstream unreachable; closing the client connection", "err", err.Error())
 		_ = p.client.SetLinger(0)
+		p.close()
 		return
 	}
-	f.mu.Lock()
+	p.mu.Lock()
 	p.upstream = up
-	f.mu.Unlock()
+	closed := p.closed
+	p.mu.Unlock()
+	if closed { // drained or timed out while dialling
+		_ = up.Close()
+		return
+	}
 	klog.V(4).InfoS("forwarding", "client", p.client.RemoteAddr(), "upstream", up.RemoteAddr())
-	p.lastActive.Store(time.Now().UnixNano())
-	done := make(chan struct{})
-	go func() {
-		f.pipe(p, up, p.client, "to_client")
-		close(done)
-	}()
-	f.pipe(p, p.client, up, "to_upstream")
-	<-done
-	klog.V(4).InfoS("closed", "client", p.client.RemoteAddr())
+	toUp, err1 := p.newDirection(p.client, up, p.f.toUp)
+	toClient, err2 := p.newDirection(up, p.client, p.f.toClient)
+	if err := errors.Join(err1, err2); err != nil {
+		klog.ErrorS(err, "cannot watch connection")
+		for _, d := range []*direction{toUp, toClient} {
+			if d != nil {
+				d.stopWatching()
+			}
+		}
+		p.close()
+		return
+	}
+	p.open.Store(2)
+	p.mu.Lock()
+	closed = p.closed
+	if !closed {
+		p.dirs = []*direction{toUp, toClient}
+	}
+	p.mu.Unlock()
+	if closed {
+		toUp.stopWatching()
+		toClient.stopWatching()
+		return
+	}
+	toClient.wait()
+	// The client usually sent its request already: pump it right away.
+	toUp.sub.running.Store(true)
+	toUp.pump()
+}
+
+// direction copies src to dst.
+type direction struct {
+	p        *pair
+	src, dst *net.TCPConn
+	rc       syscall.RawConn
+	sub      *sub
+	bytes    prometheus.Counter
+	stopped  atomic.Bool
+}
+
+func (p *pair) newDirection(src, dst *net.TCPConn, bytes prometheus.Counter) (*direction, error) {
+	rc, err := src.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	d := &direction{p: p, src: src, dst: dst, rc: rc, bytes: bytes}
+	var fd int
+	if err := rc.Control(func(x uintptr) { fd = int(x) }); err != nil {
+		return nil, err
+	}
+	s, err := p.f.poll.add(fd, d.pump)
+	if err != nil {
+		return nil, err
+	}
+	d.sub = s
+	return d, nil
+}
+
+// wait hands the direction to the poller until src is readable.
+func (d *direction) wait() {
+	d.sub.running.Store(false)
+	if d.stopped.Load() {
+		return
+	}
+	if err := d.p.f.poll.arm(d.sub); err != nil {
+		d.p.close()
+	}
+}
+
+func (d *direction) stopWatching() {
+	if d.stopped.CompareAndSwap(false, true) {
+		d.p.f.poll.remove(d.sub)
+	}
+}
+
+// bufPool holds copy buffers, lent only while data is moving. A credential
+// answer is about 1-2 KiB; 16 KiB moves it in one read.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
+
+// pump reads src until it would block, writing everything to dst, then goes
+// back to the poller. At EOF it half-closes dst; the other direction may
+// still be answering.
+func (d *direction) pump() {
+	for {
+		bp := bufPool.Get().(*[]byte)
+		var n int
+		var rerr error
+		cerr := d.rc.Control(func(fd uintptr) {
+			for {
+				n, rerr = unix.Read(int(fd), *bp)
+				if rerr != unix.EINTR {
+					return
+				}
+			}
+		})
+		switch {
+		case cerr != nil: // closed under us
+			bufPool.Put(bp)
+			d.p.close()
+			return
+		case rerr == unix.EAGAIN:
+			bufPool.Put(bp)
+			d.wait()
+			return
+		case rerr != nil:
+			bufPool.Put(bp)
+			d.p.close()
+			return
+		case n == 0: // EOF
+			bufPool.Put(bp)
+			d.stopWatching()
+			if d.p.open.Add(-1) == 0 {
+				d.p.close() // both ways done: close sends the FIN, no shutdown needed
+				return
+			}
+			_ = d.dst.CloseWrite()
+			return
+		}
+		d.p.lastActive.Store(time.Now().UnixNano())
+		_, werr := d.dst.Write((*bp)[:n])
+		bufPool.Put(bp)
+		if werr != nil {
+			d.p.close()
+			return
+		}
+		d.bytes.Add(float64(n))
+	}
 }
 
 func (f *Forwarder) dial() (*net.TCPConn, error) {
@@ -272,81 +468,6 @@ func (f *Forwarder) dial() (*net.TCPConn, error) {
 		errs = append(errs, err.Error())
 	}
 	return nil, fmt.Errorf("dial upstream %s: %s", f.opts.Resolver.Upstream, strings.Join(errs, "; "))
-}
-
-// bufPool holds copy buffers, lent only while data is moving. A credential
-// answer is about 1-2 KiB; 16 KiB moves it in one read.
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
-
-// pipe copies src to dst until EOF or error, then half-closes dst. It waits
-// for readability without holding a buffer, so an idle connection costs
-// two goroutines and its two sockets, nothing more.
-func (f *Forwarder) pipe(p *pair, src, dst *net.TCPConn, direction string) {
-	counter := f.opts.Metrics.Bytes.WithLabelValues(direction)
-	rc, err := src.SyscallConn()
-	if err != nil {
-		p.close()
-		return
-	}
-	idle := f.opts.IdleTimeout
-	for {
-		if err := waitReadable(rc, src, p, idle); err != nil {
-			if !errors.Is(err, io.EOF) {
-				p.close() // idle timeout or error: tear down both directions
-				return
-			}
-		}
-		bp := bufPool.Get().(*[]byte)
-		n, rerr := src.Read(*bp)
-		if n > 0 {
-			p.lastActive.Store(time.Now().UnixNano())
-			_ = dst.SetWriteDeadline(time.Now().Add(idle))
-			_, werr := dst.Write((*bp)[:n])
-			bufPool.Put(bp)
-			counter.Add(float64(n))
-			if werr != nil {
-				p.close()
-				return
-			}
-		} else {
-			bufPool.Put(bp)
-		}
-		if rerr != nil {
-			if errors.Is(rerr, io.EOF) {
-				// Half-close: the peer may still answer.
-				_ = dst.CloseWrite()
-				return
-			}
-			p.close()
-			return
-		}
-	}
-}
-
-// waitReadable blocks until src has data or EOF, honouring the idle
-// timeout shared by both directions.
-func waitReadable(rc syscall.RawConn, src *net.TCPConn, p *pair, idle time.Duration) error {
-	var one [1]byte
-	for {
-		deadline := time.Unix(0, p.lastActive.Load()).Add(idle)
-		if time.Now().After(deadline) {
-			return fmt.Errorf("idle for %s", idle)
-		}
-		_ = src.SetReadDeadline(deadline)
-		var perr error
-		err := rc.Read(func(fd uintptr) bool {
-			_, _, perr = unix.Recvfrom(int(fd), one[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-			return perr != unix.EAGAIN
-		})
-		if err == nil {
-			_ = src.SetReadDeadline(time.Time{})
-			return nil // data, EOF or a socket error: Read will say which
-		}
-		if errors.Is(err, syscall.ETIMEDOUT) || isTimeout(err) {
-			continue // the other direction may have been active: recheck
-		}
-		return err
-	}
 }
 
 func isTimeout(err error) bool {

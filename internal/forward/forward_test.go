@@ -65,6 +65,7 @@ func start(t *testing.T, up string, mod func(*Options)) (*Forwarder, string, *me
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		f.Drain(ctx)
+		f.Close()
 	})
 	return f, f.Addrs()[0].String(), m
 }

@@ -132,6 +132,7 @@ func Run(ctx context.Context, o Options) error {
 			klog.InfoS("grace period over: closed connections still open", "closed", cut)
 		}
 		cancel()
+		fwd.Close()
 	}
 	stopProbes()
 	<-probesDone

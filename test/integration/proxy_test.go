@@ -72,11 +72,19 @@ func check(rep readyReport, target string) probe.Result {
 	return probe.Result{}
 }
 
-func metric(t *testing.T, ns *nstest.NS, name string) string {
+// metric returns the first sample line of name whose labels contain every
+// one of labels.
+func metric(t *testing.T, ns *nstest.NS, name string, labels ...string) string {
 	t.Helper()
 	r := ns.Get("http://127.0.0.1:1339/metrics")
+next:
 	for _, l := range strings.Split(r.Stdout, "\n") {
 		if strings.HasPrefix(l, name+" ") || strings.HasPrefix(l, name+"{") {
+			for _, want := range labels {
+				if !strings.Contains(l, want) {
+					continue next
+				}
+			}
 			return l
 		}
 	}
@@ -297,7 +305,7 @@ func TestConnectionsFromOutsideTheNamespaceAreRefused(t *testing.T) {
 	if r := nb.Get("http://10.249.0.1:15080/v1/credentials"); r.Code == 0 {
 		t.Fatalf("a neighbour got credentials through the listener: %s", r.Stdout)
 	}
-	if m := metric(t, pod, `ecsmeta_forward_connections_rejected_total`); !strings.Contains(m, `reason="not_local"`) || !strings.HasSuffix(m, " 1") {
+	if m := metric(t, pod, "ecsmeta_forward_connections_rejected_total", `reason="not_local"`);  !strings.HasSuffix(m, " 1") {
 		t.Errorf("rejection not counted: %q", m)
 	}
 }
