@@ -47,3 +47,6 @@ test-integration:
 
 clean:
 	rm -rf bin
+
+bench: deps build ## side-by-side benchmarks; see docs/benchmarks.md
+	hack/bench.sh
