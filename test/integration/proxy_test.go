@@ -305,7 +305,7 @@ func TestConnectionsFromOutsideTheNamespaceAreRefused(t *testing.T) {
 	if r := nb.Get("http://10.249.0.1:15080/v1/credentials"); r.Code == 0 {
 		t.Fatalf("a neighbour got credentials through the listener: %s", r.Stdout)
 	}
-	if m := metric(t, pod, "ecsmeta_forward_connections_rejected_total", `reason="not_local"`);  !strings.HasSuffix(m, " 1") {
+	if m := metric(t, pod, "ecsmeta_forward_connections_rejected_total", `reason="not_local"`); !strings.HasSuffix(m, " 1") {
 		t.Errorf("rejection not counted: %q", m)
 	}
 }
