@@ -6,7 +6,7 @@ GOBUILD := CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)"
 ARCHES := amd64 arm64
 FUZZTIME ?= 5s
 
-.PHONY: build deps demo test test-unit test-fuzz test-integration bench clean
+.PHONY: build deps demo test test-unit test-fuzz test-integration test-e2e bench clean
 
 build: ## bin/ecsmeta-init and bin/ecsmeta-proxy (host arch), plus bin/linux-{amd64,arm64}/
 	$(GOBUILD) -o bin/ecsmeta-init ./cmd/init
@@ -30,6 +30,7 @@ test: ## everything CI runs; prints each stage's wall time
 	hack/stage.sh unit $(MAKE) --no-print-directory test-unit && \
 	hack/stage.sh fuzz $(MAKE) --no-print-directory test-fuzz && \
 	hack/stage.sh integration $(MAKE) --no-print-directory test-integration && \
+	hack/stage.sh e2e $(MAKE) --no-print-directory test-e2e && \
 	echo "=== make test: all stages ok in $$(( $$(date +%s) - start ))s"
 
 test-unit:
@@ -44,6 +45,10 @@ test-fuzz: ## each fuzz target for a bounded time
 
 test-integration:
 	hack/gotest.sh -count=1 -timeout 20m ./test/integration/...
+
+test-e2e: ## the real AWS SDKs and CLI against every layout; checks README's matrix
+	hack/deps.sh e2e
+	hack/gotest.sh -count=1 -timeout 10m ./test/e2e/...
 
 clean:
 	rm -rf bin

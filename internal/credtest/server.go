@@ -58,6 +58,9 @@ type Record struct {
 	AuthHash string `json:"authHash,omitempty"`
 	Status   int    `json:"status"`
 	Remote   string `json:"remote"`
+	// Expiration of the credentials issued (RFC 3339), so that a test can
+	// check exactly what a client obtained.
+	Expiration string `json:"expiration,omitempty"`
 }
 
 // CredentialsFor returns the credentials the server issues for request
@@ -153,5 +156,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if expiry == 0 {
 		expiry = time.Hour
 	}
-	writeJSON(w, rec.Status, CredentialsFor(rec.Seq, time.Now().Add(expiry), s.AccountID, s.RoleArn))
+	creds := CredentialsFor(rec.Seq, time.Now().Add(expiry), s.AccountID, s.RoleArn)
+	rec.Expiration = creds.Expiration
+	writeJSON(w, rec.Status, creds)
 }

@@ -38,7 +38,7 @@ var (
 	built   = map[string]bool{}
 )
 
-var binPkgs = map[string]string{"ecsmeta-init": "./cmd/init", "ecsmeta-proxy": "./cmd/proxy", "ecsmeta-testkit": "./test/testkit"}
+var binPkgs = map[string]string{"ecsmeta-init": "./cmd/init", "ecsmeta-proxy": "./cmd/proxy", "ecsmeta-testkit": "./test/testkit", "e2e-goclient": "./test/e2e/goclient"}
 
 // Bin returns the path of a binary built from the module: "ecsmeta-init",
 // "ecsmeta-proxy" or "ecsmeta-testkit". The directory is world-readable so

@@ -351,7 +351,7 @@ func TestInboundGuard(t *testing.T) {
 func TestOwnLockHeldMakesInitWaitOrTimeOut(t *testing.T) {
 	ns := nstest.New(t)
 	holder := ns.Start(nil, "socat", "ABSTRACT-LISTEN:ecsmeta-init.lock", "STDOUT")
-	waitFor(t, func() bool { return strings.Contains(ns.MustExec("ss", "-xl"), "ecsmeta-init.lock") })
+	nstest.WaitFor(t, func() bool { return strings.Contains(ns.MustExec("ss", "-xl"), "ecsmeta-init.lock") })
 	before := ns.Snapshot()
 	r := runInit(t, ns, 1, "--lock-timeout", "300ms")
 	if !strings.Contains(r.Stderr, "--lock-timeout") {
@@ -482,17 +482,6 @@ func TestFailureHalfWayRollsBack(t *testing.T) {
 	}
 	if after := ns.Snapshot(); after != before {
 		t.Fatalf("failed run did not roll back:\n--- before\n%s\n--- after\n%s", before, after)
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 10s")
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 

@@ -12,24 +12,6 @@ import (
 	"github.com/ecsmeta/ecsmeta/internal/probe"
 )
 
-// nonRoot runs a command as uid/gid 65532 with no capabilities at all, as
-// the proxy's container does.
-var nonRoot = []string{"setpriv", "--reuid=65532", "--regid=65532", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"}
-
-func startProxy(t *testing.T, ns *nstest.NS, args ...string) *nstest.Proc {
-	t.Helper()
-	argv := append(append(append([]string{}, nonRoot...), nstest.Bin(t, "ecsmeta-proxy"), "--probe-interval", "200ms", "--probe-timeout", "150ms"), args...)
-	p := ns.Start(nil, argv...)
-	port := "1339"
-	for i, a := range args {
-		if a == "--health-addr" {
-			port = strings.TrimPrefix(args[i+1], ":")
-		}
-	}
-	waitFor(t, func() bool { return ns.Get("http://127.0.0.1:"+port+"/healthz").Code == 0 })
-	return p
-}
-
 type readyReport struct {
 	probe.Report
 	code int
@@ -94,7 +76,7 @@ next:
 func TestReadinessFollowsInitAndTheUpstream(t *testing.T) {
 	ns := nstest.New(t)
 	srv := ns.StartCredServer("127.0.0.1:1338")
-	startProxy(t, ns)
+	ns.StartProxy()
 	rep := waitReady(t, ns, false)
 	if c := check(rep, "endpoint 169.254.170.2:80"); c.AddressOnLo == nil || *c.AddressOnLo || !strings.Contains(c.Error, "not on lo") {
 		t.Errorf("before init, verbose readiness should say the address is missing: %+v", c)
@@ -122,7 +104,7 @@ func TestReadinessFallsWhenTheAliasOrTheRuleIsDeleted(t *testing.T) {
 	ns := nstest.New(t)
 	ns.StartCredServer("127.0.0.1:1338")
 	runInit(t, ns, 0)
-	startProxy(t, ns)
+	ns.StartProxy()
 	waitReady(t, ns, true)
 
 	ns.MustExec("iptables-nft", "-t", "nat", "-F", "ECSMETA-OUTPUT")
@@ -151,7 +133,7 @@ func TestWrongPortIsNotReady(t *testing.T) {
 	// Another HTTP server answers 404 on the port the DNAT wrongly points at.
 	ns.Start(nil, "socat", "TCP-LISTEN:8080,bind=127.0.0.1,reuseaddr,fork", "SYSTEM:echo HTTP/1.0 404 Not Found; echo; echo nope")
 	runInit(t, ns, 0, "--upstream", "127.0.0.1:8080")
-	startProxy(t, ns)
+	ns.StartProxy()
 	rep := waitReady(t, ns, false)
 	if c := check(rep, "endpoint 169.254.170.2:80"); c.Kind != "bad_status" || c.Status != 404 {
 		t.Errorf("a 404 through the endpoint must be unready and say so: %+v", c)
@@ -166,7 +148,7 @@ func TestUserspaceLayoutWithADNSNamedUpstream(t *testing.T) {
 	pod.SetHosts("127.0.0.1 localhost\n10.254.0.2 credproxy\n")
 	// Layout (2): init DNATs the endpoint to the proxy's loopback listener.
 	runInit(t, pod, 0, "--upstream", "127.0.0.1:15080")
-	startProxy(t, pod, "--listen", "127.0.0.1:15080", "--upstream", "credproxy:1338")
+	pod.StartProxy("--listen", "127.0.0.1:15080", "--upstream", "credproxy:1338")
 	rep := waitReady(t, pod, true)
 	if c := check(rep, "endpoint 169.254.170.2:80"); c.ServedBy != "userspace" {
 		t.Errorf("the probe should have come through our listener: %+v", c)
@@ -183,7 +165,7 @@ func TestUpstreamWhoseAddressChangesIsFollowed(t *testing.T) {
 	remote.StartCredServer("10.250.0.3:1338", "--account-id", "222222222222")
 	pod.SetHosts("10.250.0.2 credproxy\n")
 	runInit(t, pod, 0, "--upstream", "127.0.0.1:15080")
-	startProxy(t, pod, "--listen", "127.0.0.1:15080", "--upstream", "credproxy:1338")
+	pod.StartProxy("--listen", "127.0.0.1:15080", "--upstream", "credproxy:1338")
 	if c := requireCreds(t, pod, credURL); c.AccountId != "111111111111" {
 		t.Fatalf("first upstream: %+v", c)
 	}
@@ -217,7 +199,7 @@ func TestUserspaceModeServesTheEndpointItself(t *testing.T) {
 	ns.StartCredServer("127.0.0.1:1338", "--token", "tok")
 	runInit(t, ns, 0, "--mode", "alias-only")
 	ns.MustExec("sysctl", "-qw", "net.ipv4.ip_unprivileged_port_start=80")
-	startProxy(t, ns, "--listen", "169.254.170.2:80")
+	ns.StartProxy("--listen", "169.254.170.2:80")
 	rep := waitReady(t, ns, true)
 	if c := check(rep, "endpoint 169.254.170.2:80"); c.ServedBy != "userspace" {
 		t.Errorf("servedBy: %+v", c)
@@ -228,7 +210,7 @@ func TestUserspaceModeServesTheEndpointItself(t *testing.T) {
 func TestLowPortBindErrorNamesTheSysctl(t *testing.T) {
 	ns := nstest.New(t)
 	runInit(t, ns, 0, "--mode", "alias-only")
-	argv := append(append([]string{}, nonRoot...), nstest.Bin(t, "ecsmeta-proxy"), "--listen", "169.254.170.2:80")
+	argv := append(append([]string{}, nstest.NonRoot...), nstest.Bin(t, "ecsmeta-proxy"), "--listen", "169.254.170.2:80")
 	r := ns.Exec(argv...)
 	if r.Code != 1 || !strings.Contains(r.Stderr, "net.ipv4.ip_unprivileged_port_start") ||
 		!strings.Contains(r.Stderr, "securityContext.sysctls") || !strings.Contains(r.Stderr, "sysctls:") {
@@ -241,7 +223,7 @@ func TestSafetyNetListenerCatchesTrafficWhenTheRuleDisappears(t *testing.T) {
 	ns.StartCredServer("127.0.0.1:1338")
 	runInit(t, ns, 0)
 	ns.MustExec("sysctl", "-qw", "net.ipv4.ip_unprivileged_port_start=80")
-	startProxy(t, ns, "--listen", "169.254.170.2:80")
+	ns.StartProxy("--listen", "169.254.170.2:80")
 	rep := waitReady(t, ns, true)
 	if c := check(rep, "endpoint 169.254.170.2:80"); c.ServedBy != "kernel" {
 		t.Errorf("while the DNAT exists it wins: %+v", c)
@@ -271,9 +253,9 @@ func TestSIGTERMDrainsOpenConnectionsAndExitsZero(t *testing.T) {
 	ns := nstest.New(t)
 	ns.StartCredServer("127.0.0.1:1338", "--delay", "1500ms", "--quiet")
 	runInit(t, ns, 0, "--upstream", "127.0.0.1:15080")
-	p := startProxy(t, ns, "--listen", "127.0.0.1:15080", "--shutdown-grace", "10s")
+	p := ns.StartProxy("--listen", "127.0.0.1:15080", "--shutdown-grace", "10s")
 	load := ns.Start(nil, nstest.Bin(t, "ecsmeta-testkit"), "load", "--url", "http://127.0.0.1:15080/v1/credentials", "--c", "100", "--n", "100", "--duration", "20s")
-	waitFor(t, func() bool { return strings.HasSuffix(metric(t, ns, "ecsmeta_forward_connections_active"), " 100") })
+	nstest.WaitFor(t, func() bool { return strings.HasSuffix(metric(t, ns, "ecsmeta_forward_connections_active"), " 100") })
 	if err := p.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -300,7 +282,7 @@ func TestConnectionsFromOutsideTheNamespaceAreRefused(t *testing.T) {
 	nb := nstest.New(t)
 	nstest.Veth(t, pod, "10.249.0.1/24", nb, "10.249.0.2/24")
 	pod.StartCredServer("127.0.0.1:1338")
-	startProxy(t, pod, "--listen", "0.0.0.0:15080")
+	pod.StartProxy("--listen", "0.0.0.0:15080")
 	requireCreds(t, pod, "http://10.249.0.1:15080/v1/credentials") // the pod itself, via its own IP
 	if r := nb.Get("http://10.249.0.1:15080/v1/credentials"); r.Code == 0 {
 		t.Fatalf("a neighbour got credentials through the listener: %s", r.Stdout)
@@ -328,13 +310,13 @@ func TestProxyBadInputGetsOneLineAndExit2(t *testing.T) {
 func TestHealthcheckSubcommand(t *testing.T) {
 	ns := nstest.New(t)
 	ns.StartCredServer("127.0.0.1:1338")
-	startProxy(t, ns, "--health-addr", ":18081")
-	hc := append(append([]string{}, nonRoot...), nstest.Bin(t, "ecsmeta-proxy"), "healthcheck")
+	ns.StartProxy("--health-addr", ":18081")
+	hc := append(append([]string{}, nstest.NonRoot...), nstest.Bin(t, "ecsmeta-proxy"), "healthcheck")
 	if r := ns.ExecEnv([]string{"ECSMETA_HEALTH_ADDR=:18081"}, hc...); r.Code != 1 {
 		t.Fatalf("not ready yet: want exit 1, got %d %s", r.Code, r.Stderr)
 	}
 	runInit(t, ns, 0)
-	waitFor(t, func() bool { return ns.ExecEnv([]string{"ECSMETA_HEALTH_ADDR=:18081"}, hc...).Code == 0 })
+	nstest.WaitFor(t, func() bool { return ns.ExecEnv([]string{"ECSMETA_HEALTH_ADDR=:18081"}, hc...).Code == 0 })
 	if r := ns.Exec(append(hc, "--url", "http://127.0.0.1:18081/readyz")...); r.Code != 0 {
 		t.Fatalf("--url: %d %s", r.Code, r.Stderr)
 	}
