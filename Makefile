@@ -6,7 +6,7 @@ GOBUILD := CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)"
 ARCHES := amd64 arm64
 FUZZTIME ?= 5s
 
-.PHONY: build deps demo test test-unit test-fuzz test-integration test-e2e bench clean
+.PHONY: build deps demo test test-unit test-fuzz test-integration test-e2e images e2e-containers bench clean
 
 build: ## bin/ecsmeta-init and bin/ecsmeta-proxy (host arch), plus bin/linux-{amd64,arm64}/
 	$(GOBUILD) -o bin/ecsmeta-init ./cmd/init
@@ -31,10 +31,11 @@ test: ## everything CI runs; prints each stage's wall time
 	hack/stage.sh fuzz $(MAKE) --no-print-directory test-fuzz && \
 	hack/stage.sh integration $(MAKE) --no-print-directory test-integration && \
 	hack/stage.sh e2e $(MAKE) --no-print-directory test-e2e && \
+	hack/stage.sh containers $(MAKE) --no-print-directory e2e-containers && \
 	echo "=== make test: all stages ok in $$(( $$(date +%s) - start ))s"
 
 test-unit:
-	hack/gotest.sh -count=1 -race ./internal/... ./cmd/...
+	hack/gotest.sh -count=1 -race ./internal/... ./cmd/... ./test/containers/...
 
 test-fuzz: ## each fuzz target for a bounded time
 	@for t in $$(go test -list '^Fuzz' ./internal/... | grep '^Fuzz'); do \
@@ -49,6 +50,19 @@ test-integration:
 test-e2e: ## the real AWS SDKs and CLI against every layout; checks README's matrix
 	hack/deps.sh e2e
 	hack/gotest.sh -count=1 -timeout 10m ./test/e2e/...
+
+ENGINE ?= $(shell command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 && echo docker || echo podman)
+IMAGE_PREFIX ?= ghcr.io/ecsmeta/
+IMAGE_TAG ?= $(VERSION)
+BUILD_ARGS ?=
+images: build ## ecsmeta-init and ecsmeta-proxy images (docker if it runs, else podman), from bin/linux-*/
+	for t in init proxy; do \
+	  $(ENGINE) build $(if $(filter podman,$(ENGINE)),--format docker --pull=never) --target $$t \
+	    --build-arg VERSION=$(VERSION) $(BUILD_ARGS) -t $(IMAGE_PREFIX)ecsmeta-$$t:$(IMAGE_TAG) . || exit 1; \
+	done
+
+e2e-containers: ## the images and the compose examples in real containers (podman)
+	hack/e2e-containers.sh
 
 clean:
 	rm -rf bin

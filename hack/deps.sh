@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# hack/deps.sh [e2e]: installs what the demo and the tests need from
-# Debian/Ubuntu packages, only when something is missing. "e2e" adds the
+# hack/deps.sh [e2e|containers]: installs what the demo and the tests need
+# from Debian/Ubuntu packages, only when something is missing. "e2e" adds the
 # real AWS clients of the SDK matrix (Debian's awscli and boto3, Node.js and
-# the JavaScript SDK from npm, cached in ~/.npm). Root only; without root it
-# says what is missing and goes on (the root-only tests then skip, loudly).
+# the JavaScript SDK from npm, cached in ~/.npm); "containers" adds podman,
+# runc and debootstrap (with their Recommends: netavark, aardvark-dns).
+# Root only; without root it says what is missing and goes on (the
+# root-only tests then skip, loudly).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,10 +14,15 @@ declare -A need=(
   [iptables-nft]=iptables [iptables-legacy]=iptables [ip]=iproute2 [socat]=socat
   [curl]=curl [setpriv]=util-linux [flock]=util-linux [sysctl]=procps [ss]=iproute2
 )
-if [[ ${1:-} == e2e ]]; then
-  # Debian's own clients, by path: PATH may find another aws or python first.
-  need+=([/usr/bin/aws]=awscli [/usr/lib/python3/dist-packages/boto3]=python3-boto3 [node]=nodejs [npm]=npm)
-fi
+recommends=--no-install-recommends
+case ${1:-} in
+  e2e)
+    # Debian's own clients, by path: PATH may find another aws or python first.
+    need+=([/usr/bin/aws]=awscli [/usr/lib/python3/dist-packages/boto3]=python3-boto3 [node]=nodejs [npm]=npm) ;;
+  containers)
+    need+=([podman]=podman [runc]=runc [catatonit]=catatonit [debootstrap]=debootstrap [/usr/lib/podman/netavark]=netavark [/usr/lib/podman/aardvark-dns]=aardvark-dns)
+    recommends="" ;;
+esac
 have() {
   if [[ $1 == /* ]]; then [[ -e $1 ]]; else
     command -v "$1" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$1" >/dev/null 2>&1
@@ -34,7 +41,7 @@ if ((${#missing[@]})); then
   echo "deps: installing ${pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+  apt-get install -y -qq $recommends "${pkgs[@]}" >/dev/null
 fi
 command -v go >/dev/null || { echo "deps: Go is required (https://go.dev/dl/)" >&2; exit 1; }
 

@@ -29,6 +29,7 @@ forwards connections to the upstream in userspace.
 
 Usage: ecsmeta-proxy [flags]
        ecsmeta-proxy healthcheck [--url URL]   exit 0 when ready (for Docker HEALTHCHECK)
+       ecsmeta-proxy pause                     hold the network namespace until SIGTERM (compose netns owner)
 Exit codes: 0 ok (including a graceful stop), 1 failed to start, 2 bad flags or values.`
 
 const healthSummary = `ecsmeta-proxy healthcheck: GET the proxy's /readyz; exit 0 when ready, 1 otherwise.
@@ -51,6 +52,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	if len(args) > 0 && args[0] == "healthcheck" {
 		return healthcheck(args[1:], stdout, stderr)
+	}
+	if len(args) > 0 && args[0] == "pause" {
+		// A compose project needs a long-lived owner of the shared network
+		// namespace that never restarts: this image can be it, with nothing
+		// else to pull.
+		if len(args) > 1 {
+			return fail(config.ExitUsage, config.Usagef("pause takes no arguments (see --help)"))
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+		defer stop()
+		<-ctx.Done()
+		return config.ExitOK
 	}
 	fs := config.NewFlagSet("ecsmeta-proxy", summary)
 	endpoints := fs.AddEndpoints("endpoints to probe, comma-separated or repeated (same syntax as ecsmeta-init)")
