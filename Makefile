@@ -6,7 +6,7 @@ GOBUILD := CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)"
 ARCHES := amd64 arm64
 FUZZTIME ?= 5s
 
-.PHONY: build deps demo test test-unit test-fuzz test-integration test-e2e images e2e-containers bench clean
+.PHONY: build deps demo test test-unit test-fuzz test-integration test-chart manifests test-e2e images e2e-containers bench clean
 
 build: ## bin/ecsmeta-init and bin/ecsmeta-proxy (host arch), plus bin/linux-{amd64,arm64}/
 	$(GOBUILD) -o bin/ecsmeta-init ./cmd/init
@@ -30,6 +30,7 @@ test: ## everything CI runs; prints each stage's wall time
 	hack/stage.sh unit $(MAKE) --no-print-directory test-unit && \
 	hack/stage.sh fuzz $(MAKE) --no-print-directory test-fuzz && \
 	hack/stage.sh integration $(MAKE) --no-print-directory test-integration && \
+	hack/stage.sh chart $(MAKE) --no-print-directory test-chart && \
 	hack/stage.sh e2e $(MAKE) --no-print-directory test-e2e && \
 	hack/stage.sh containers $(MAKE) --no-print-directory e2e-containers && \
 	echo "=== make test: all stages ok in $$(( $$(date +%s) - start ))s"
@@ -46,6 +47,12 @@ test-fuzz: ## each fuzz target for a bounded time
 
 test-integration:
 	hack/gotest.sh -count=1 -timeout 20m ./test/integration/...
+
+test-chart: ## helm lint/template through Helm's Go packages, strict decoding, Pod Security, manifests/ up to date
+	hack/gotest.sh -count=1 ./test/chart/...
+
+manifests: ## manifests/ecsmeta.yaml from the chart with default values
+	UPDATE_MANIFESTS=1 go test -count=1 -run TestManifestsAreUpToDate ./test/chart/
 
 test-e2e: ## the real AWS SDKs and CLI against every layout; checks README's matrix
 	hack/deps.sh e2e
