@@ -6,7 +6,7 @@ GOBUILD := CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)"
 ARCHES := amd64 arm64
 FUZZTIME ?= 5s
 
-.PHONY: build deps demo test test-unit test-fuzz test-integration test-chart manifests test-e2e images e2e-containers bench clean
+.PHONY: build deps demo lint kind-e2e test test-unit test-fuzz test-integration test-chart manifests test-e2e images e2e-containers bench clean
 
 build: ## bin/ecsmeta-init and bin/ecsmeta-proxy (host arch), plus bin/linux-{amd64,arm64}/
 	$(GOBUILD) -o bin/ecsmeta-init ./cmd/init
@@ -27,6 +27,7 @@ test: ## everything CI runs; prints each stage's wall time
 	hack/stage.sh deps hack/deps.sh && \
 	hack/stage.sh build $(MAKE) --no-print-directory build && \
 	hack/stage.sh vet go vet ./... && \
+	hack/stage.sh lint $(MAKE) --no-print-directory lint && \
 	hack/stage.sh unit $(MAKE) --no-print-directory test-unit && \
 	hack/stage.sh fuzz $(MAKE) --no-print-directory test-fuzz && \
 	hack/stage.sh integration $(MAKE) --no-print-directory test-integration && \
@@ -34,6 +35,13 @@ test: ## everything CI runs; prints each stage's wall time
 	hack/stage.sh e2e $(MAKE) --no-print-directory test-e2e && \
 	hack/stage.sh containers $(MAKE) --no-print-directory e2e-containers && \
 	echo "=== make test: all stages ok in $$(( $$(date +%s) - start ))s"
+
+lint: ## shellcheck every script; the kind script's --dry-run must run
+	shellcheck hack/*.sh .ci/run
+	hack/kind-e2e.sh --dry-run >/dev/null
+
+kind-e2e: ## the chart in a real kind cluster (needs docker, kind, helm, kubectl); see hack/kind-e2e.sh
+	hack/kind-e2e.sh
 
 test-unit:
 	hack/gotest.sh -count=1 -race ./internal/... ./cmd/... ./test/containers/...

@@ -3,6 +3,7 @@
 # run, in throw-away network namespaces. Prints a Markdown report (also
 # written to bin/bench-report.md). Bounded: about 3 minutes.
 #   RUNS=20 DURATION=10s hack/bench.sh
+# shellcheck disable=SC2016,SC2001 # scripts for the namespaces are single-quoted on purpose; sed reads JSON
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $(id -u) -eq 0 ]] || { echo "bench: run as root (sudo make bench): it creates network namespaces" >&2; exit 1; }
@@ -32,12 +33,12 @@ echo
 # --- 1. ecsmeta-init start-up, fresh namespace each run --------------------
 init_ms=(); shell_ms=(); execs=""
 for i in $(seq "$RUNS"); do
-  n=$(newns init$i)
+  n=$(newns "init$i")
   out=$(ip netns exec "$n" bash -c 's=$(date +%s%N); bin/ecsmeta-init 2>/tmp/ecsmeta-bench-init.log; e=$(date +%s%N); echo $(( (e-s)/1000 ))')
   init_ms+=("$out")
   execs=$(grep -o 'iptablesExecs=[0-9]*' /tmp/ecsmeta-bench-init.log | cut -d= -f2)
   ip netns del "$n"
-  n=$(newns shell$i)
+  n=$(newns "shell$i")
   out=$(ip netns exec "$n" bash -c '
     s=$(date +%s%N)
     ip addr add 169.254.170.2/32 dev lo
@@ -102,7 +103,7 @@ done
 echo
 
 # --- 3. idle connections: memory and fds -----------------------------------
-fds() { ls "/proc/$1/fd" | wc -l; }
+fds() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 | wc -l; }
 rss() { awk '/VmRSS/{print $2}' "/proc/$1/status"; }
 fd0=$(fds "$proxy_pid"); rss0=$(rss "$proxy_pid")
 t0=$(ticks "$proxy_pid")

@@ -9,7 +9,7 @@ ns=ecsmeta-demo-$$
 token=demo-token-$RANDOM
 go build -o bin/ecsmeta-testkit ./test/testkit
 cleanup() {
-  [[ -n ${srv:-} ]] && kill "$srv" 2>/dev/null || true
+  if [[ -n ${srv:-} ]]; then kill "$srv" 2>/dev/null || true; fi
   ip netns del "$ns" 2>/dev/null || true
 }
 trap cleanup EXIT

@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 declare -A need=(
   [iptables-nft]=iptables [iptables-legacy]=iptables [ip]=iproute2 [socat]=socat
   [curl]=curl [setpriv]=util-linux [flock]=util-linux [sysctl]=procps [ss]=iproute2
+  [shellcheck]=shellcheck
 )
 recommends=--no-install-recommends
 case ${1:-} in

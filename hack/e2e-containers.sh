@@ -28,7 +28,9 @@ compose="$CACHE_DIR/docker-compose-$COMPOSE_VERSION"
 cleanup() {
   local rc=$?
   for p in compose.yaml compose.userspace.yaml compose.restricted.yaml; do
-    [[ -x $compose && -n $api_pid ]] && "$compose" -f examples/compose/$p down --remove-orphans -t 2 >/dev/null 2>&1 || true
+    if [[ -x $compose && -n $api_pid ]]; then
+      "$compose" -f "examples/compose/$p" down --remove-orphans -t 2 >/dev/null 2>&1 || true
+    fi
   done
   [[ -n $hc_pid ]] && kill "$hc_pid" 2>/dev/null
   [[ -n $api_pid ]] && kill "$api_pid" 2>/dev/null
@@ -55,6 +57,7 @@ rootfs() {
   tar="$CACHE_DIR/rootfs-bookworm-$key.tar"
   if [[ ! -f $tar ]]; then
     local mirror dir
+    # shellcheck disable=SC2016 # apt's own $(SITE) placeholders
     mirror=$(apt-get indextargets --format '$(SITE) $(RELEASE)' 'Created-By: Packages' | awk '$2=="bookworm"{print $1; exit}')
     [[ -n $mirror ]] || { echo "no bookworm apt source configured" >&2; return 1; }
     dir=$work/rootfs

@@ -53,6 +53,7 @@ func credserver(args []string) error {
 	fs.StringVar(&s.Path, "path", "", "credentials path (empty: any path but /health)")
 	fs.StringVar(&s.Token, "token", "", "required Authorization value")
 	fs.StringVar(&s.TokenFile, "token-file", "", "file holding the required Authorization value, re-read per request")
+	tokenEnv := fs.String("token-env", "", "environment variable holding the required Authorization value (as CredProxy takes it in a pod)")
 	fs.DurationVar(&s.Expiry, "expiry", time.Hour, "lifetime of issued credentials")
 	fs.StringVar(&s.AccountID, "account-id", "", "AccountId to include")
 	fs.StringVar(&s.RoleArn, "role-arn", "", "RoleArn to include")
@@ -60,6 +61,12 @@ func credserver(args []string) error {
 	logPath := fs.String("log", "", "append one JSON line per credential request to this file")
 	quiet := fs.Bool("quiet", false, "no request log on stdout")
 	_ = fs.Parse(args)
+	if *tokenEnv != "" {
+		s.Token = os.Getenv(*tokenEnv)
+		if s.Token == "" {
+			return fmt.Errorf("--token-env %s: the variable is empty", *tokenEnv)
+		}
+	}
 	var logf *os.File
 	if *logPath != "" {
 		f, err := os.OpenFile(*logPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
