@@ -212,6 +212,10 @@ down() {
   [[ $left == 0 ]] || { echo "FAIL: down left $left containers of $2" >&2; return 1; }
 }
 
+# The chart's rendered pods, realized with podman by test/pods (native
+# sidecars gated on startupProbes sent to the pod IP, as the kubelet does).
+chart_pods() { PODS_IMAGES=built hack/gotest.sh -count=1 -timeout 15m ./test/pods/...; }
+
 start=$(date +%s)
 stage podman-setup setup_podman
 stage base-images rootfs
@@ -221,4 +225,5 @@ start_api
 stage compose-dnat example_dnat
 stage compose-userspace example_userspace
 stage compose-restricted example_restricted
+stage chart-pods chart_pods
 echo "=== e2e-containers: all ok in $(( $(date +%s) - start ))s"

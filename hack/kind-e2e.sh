@@ -53,6 +53,6 @@ run helm install ecsmeta-e2e charts/ecsmeta --namespace "$ns" --wait --timeout 1
   --set init.image.repository=localhost/ecsmeta-init --set init.image.tag="$tag" --set init.image.pullPolicy=Never \
   --set proxy.image.repository=localhost/ecsmeta-proxy --set proxy.image.tag="$tag" --set proxy.image.pullPolicy=Never \
   --set credproxy.image.repository=localhost/ecsmeta-credserver --set credproxy.image.tag="$tag" --set credproxy.image.pullPolicy=Never \
-  --set-json 'credproxy.args=["credserver","--listen","127.0.0.1:1338","--path","/v1/credentials","--token-env","CREDPROXY_AUTH_TOKEN"]'
+  --set-json 'credproxy.args=["credserver","--listen",":1338","--path","/v1/credentials","--token-env","CREDPROXY_AUTH_TOKEN"]'
 run helm test ecsmeta-e2e --namespace "$ns" --logs --timeout 180s
 echo "kind-e2e: ok"

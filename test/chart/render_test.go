@@ -1,8 +1,3 @@
-// Package chart checks charts/ecsmeta with Helm's own Go packages (lint and
-// a client-side install, i.e. `helm template`), decodes every rendered
-// object strictly into its Kubernetes Go type, evaluates the pods against
-// Pod Security with k8s.io/pod-security-admission, and keeps manifests/ in
-// step with the chart.
 package chart
 
 import (
@@ -12,107 +7,14 @@ import (
 	"strings"
 	"testing"
 
-	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	"helm.sh/helm/v4/pkg/action"
-	"helm.sh/helm/v4/pkg/chart/common"
-	"helm.sh/helm/v4/pkg/chart/loader"
 	"helm.sh/helm/v4/pkg/chart/v2/lint/support"
-	release "helm.sh/helm/v4/pkg/release/v1"
-	"helm.sh/helm/v4/pkg/storage"
-	"helm.sh/helm/v4/pkg/storage/driver"
-	appsv1 "k8s.io/api/apps/v1"
-	corev1 "k8s.io/api/core/v1"
-	networkingv1 "k8s.io/api/networking/v1"
 	"sigs.k8s.io/yaml"
 )
 
-var chartDir = filepath.Join("..", "..", "charts", "ecsmeta")
-
-// rendered is one client-side install: every object, strictly decoded.
-type rendered struct {
-	Deployment      *appsv1.Deployment
-	Secret          *corev1.Secret
-	Service         *corev1.Service
-	NetworkPolicy   *networkingv1.NetworkPolicy
-	ServiceMonitor  *monitoringv1.ServiceMonitor
-	TestPod         *corev1.Pod
-	Notes, Manifest string
-}
-
-// render runs what `helm install --dry-run=client` (helm template) runs,
-// with the values schema, and decodes the result strictly.
-func render(t *testing.T, vals map[string]any) (*rendered, error) {
+func mustRender(t *testing.T, vals map[string]any) *Rendered {
 	t.Helper()
-	ch, err := loader.Load(chartDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := &action.Configuration{Releases: storage.Init(driver.NewMemory()), Capabilities: common.DefaultCapabilities}
-	inst := action.NewInstall(cfg)
-	inst.DryRunStrategy = action.DryRunClient
-	inst.Replace = true
-	inst.ReleaseName = "demo"
-	inst.Namespace = "apps"
-	kv, err := common.ParseKubeVersion("v1.31.0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	inst.KubeVersion = kv
-	inst.APIVersions = common.VersionSet{"monitoring.coreos.com/v1"}
-	r, err := inst.Run(ch, vals)
-	if err != nil {
-		return nil, err
-	}
-	rel, ok := r.(*release.Release)
-	if !ok {
-		t.Fatalf("unexpected release type %T", r)
-	}
-	out := &rendered{Notes: rel.Info.Notes, Manifest: rel.Manifest}
-	docs := strings.Split(rel.Manifest, "\n---\n")
-	for _, h := range rel.Hooks {
-		docs = append(docs, h.Manifest)
-	}
-	for _, doc := range docs {
-		if strings.TrimSpace(stripComments(doc)) == "" {
-			continue
-		}
-		var meta struct{ Kind string }
-		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
-			t.Fatalf("rendered YAML does not parse: %v\n%s", err, doc)
-		}
-		var target any
-		switch meta.Kind {
-		case "Deployment":
-			out.Deployment = &appsv1.Deployment{}
-			target = out.Deployment
-		case "Secret":
-			out.Secret = &corev1.Secret{}
-			target = out.Secret
-		case "Service":
-			out.Service = &corev1.Service{}
-			target = out.Service
-		case "NetworkPolicy":
-			out.NetworkPolicy = &networkingv1.NetworkPolicy{}
-			target = out.NetworkPolicy
-		case "ServiceMonitor":
-			out.ServiceMonitor = &monitoringv1.ServiceMonitor{}
-			target = out.ServiceMonitor
-		case "Pod":
-			out.TestPod = &corev1.Pod{}
-			target = out.TestPod
-		default:
-			t.Fatalf("the chart renders a %q this test does not know: add its Go type", meta.Kind)
-		}
-		if err := yaml.UnmarshalStrict([]byte(doc), target); err != nil {
-			t.Fatalf("%s does not decode strictly into its Go type: %v\n%s", meta.Kind, err, doc)
-		}
-	}
-	return out, nil
-}
-
-func mustRender(t *testing.T, vals map[string]any) *rendered {
-	t.Helper()
-	r, err := render(t, vals)
+	r, err := Render(vals)
 	if err != nil {
 		t.Fatalf("render %v: %v", vals, err)
 	}
@@ -122,20 +24,10 @@ func mustRender(t *testing.T, vals map[string]any) *rendered {
 	return r
 }
 
-func stripComments(doc string) string {
-	var keep []string
-	for _, l := range strings.Split(doc, "\n") {
-		if !strings.HasPrefix(strings.TrimSpace(l), "#") {
-			keep = append(keep, l)
-		}
-	}
-	return strings.Join(keep, "\n")
-}
-
 // valuesFile reads one of the chart's example values files.
 func valuesFile(t *testing.T, name string) map[string]any {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(chartDir, "ci", name))
+	b, err := os.ReadFile(filepath.Join(ChartDir, "ci", name))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,9 +40,9 @@ func valuesFile(t *testing.T, name string) map[string]any {
 
 func exampleValues(t *testing.T) map[string]map[string]any {
 	t.Helper()
-	files, err := filepath.Glob(filepath.Join(chartDir, "ci", "*-values.yaml"))
+	files, err := filepath.Glob(filepath.Join(ChartDir, "ci", "*-values.yaml"))
 	if err != nil || len(files) == 0 {
-		t.Fatalf("no example values in %s/ci: %v", chartDir, err)
+		t.Fatalf("no example values in %s/ci: %v", ChartDir, err)
 	}
 	out := map[string]map[string]any{"defaults": nil}
 	for _, f := range files {
@@ -161,7 +53,7 @@ func exampleValues(t *testing.T) map[string]map[string]any {
 
 func TestLintPassesForEveryExample(t *testing.T) {
 	for name, vals := range exampleValues(t) {
-		res := action.NewLint().Run([]string{chartDir}, vals)
+		res := action.NewLint().Run([]string{ChartDir}, vals)
 		for _, m := range res.Messages {
 			if m.Severity >= support.WarningSev {
 				t.Errorf("%s: helm lint: %s", name, m)
@@ -194,7 +86,7 @@ func TestBadValuesFailWithAClearMessage(t *testing.T) {
 		{map[string]any{"credproxy": map[string]any{"enabled": false}}, "upstream.address is required"},
 		{map[string]any{"proxyy": true}, "proxyy"},
 	} {
-		_, err := render(t, c.vals)
+		_, err := Render(c.vals)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("values %v: error %v, want one that names %q", c.vals, err, c.want)
 		}
@@ -256,7 +148,7 @@ func leaves(prefix string, v map[string]any, out *[]string) {
 // Every value is in the chart README's table, as `a.b.c` or as `.c` on a row
 // that names a sibling `a.b.x`.
 func TestChartReadmeDocumentsEveryValue(t *testing.T) {
-	raw, err := os.ReadFile(filepath.Join(chartDir, "values.yaml"))
+	raw, err := os.ReadFile(filepath.Join(ChartDir, "values.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,7 +156,7 @@ func TestChartReadmeDocumentsEveryValue(t *testing.T) {
 	if err := yaml.Unmarshal(raw, &vals); err != nil {
 		t.Fatal(err)
 	}
-	readme, err := os.ReadFile(filepath.Join(chartDir, "README.md"))
+	readme, err := os.ReadFile(filepath.Join(ChartDir, "README.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
