@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"syscall"
 	"time"
 
@@ -47,6 +48,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cleanup := fs.Bool("cleanup", false, "remove exactly what ecsmeta-init adds (its chains, jumps and addresses) and nothing else")
 	lockTimeout := fs.Duration("lock-timeout", 10*time.Second, "how long to wait for the xtables lock and for ecsmeta-init's own lock")
 	force := fs.Bool("force", false, "use an endpoint address that already exists here although ecsmeta did not add it")
+	guardPorts := fs.String("guard-ports", "", "comma-separated local TCP ports only this namespace may reach, e.g. 1338 when the credential server binds 0.0.0.0 (new connections not arriving on lo are dropped)")
+	allowUIDs := fs.String("allow-uids", "", "comma-separated uids allowed to connect to the endpoints and the upstream; others get a TCP reset. The proxy's uid 65532 is always allowed")
+	allowGIDs := fs.String("allow-gids", "", "comma-separated gids allowed like --allow-uids")
 	fs.AddVerbosity()
 	version := fs.AddVersion()
 
@@ -89,9 +93,27 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if *allowFallback && m != rules.ModeDNAT {
 		return fail(config.ExitUsage, config.Usagef("--allow-fallback only applies to --mode=dnat (alias-only never needs iptables to succeed) (see --help)"))
 	}
+	ports, err := config.ParsePorts(*guardPorts)
+	if err != nil {
+		return fail(config.ExitUsage, config.Usagef("--guard-ports: %v (see --help)", err))
+	}
+	uids, err := config.ParseIDs(*allowUIDs)
+	if err != nil {
+		return fail(config.ExitUsage, config.Usagef("--allow-uids: %v (see --help)", err))
+	}
+	gids, err := config.ParseIDs(*allowGIDs)
+	if err != nil {
+		return fail(config.ExitUsage, config.Usagef("--allow-gids: %v (see --help)", err))
+	}
 	opts := netsetup.Options{
 		Endpoints: endpoints.List, Upstream: upstream.Upstream, Mode: m, AllowFallback: *allowFallback,
-		Backend: b, LockTimeout: *lockTimeout, Force: *force,
+		Backend: b, LockTimeout: *lockTimeout, Force: *force, GuardPorts: ports,
+	}
+	if len(uids)+len(gids) > 0 {
+		if !slices.Contains(uids, config.ProxyUID) {
+			uids = append(uids, config.ProxyUID)
+		}
+		opts.Owners = &rules.Owners{UIDs: uids, GIDs: gids}
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)

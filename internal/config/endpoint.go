@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -167,4 +168,48 @@ func validHostname(h string) bool {
 		}
 	}
 	return true
+}
+
+// ProxyUID is the uid ecsmeta-proxy runs as in its image; an owner filter
+// always lets it through, so that its prober keeps working.
+const ProxyUID = 65532
+
+// ParsePorts parses a comma-separated list of TCP ports ("" is none).
+func ParsePorts(s string) ([]uint16, error) {
+	var out []uint16
+	for _, f := range splitList(s) {
+		p, err := parsePort(f)
+		if err != nil {
+			return nil, err
+		}
+		if !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// ParseIDs parses a comma-separated list of numeric uids or gids ("" is none).
+func ParseIDs(s string) ([]uint32, error) {
+	var out []uint32
+	for _, f := range splitList(s) {
+		n, err := strconv.ParseUint(f, 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("%q: want numeric ids, e.g. 1000,1001", f)
+		}
+		if !slices.Contains(out, uint32(n)) {
+			out = append(out, uint32(n))
+		}
+	}
+	return out, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
 }

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -138,6 +139,11 @@ func explain(mode, stderr string, err error) error {
 		first = first[:i]
 	}
 	low := strings.ToLower(stderr)
+	// iptables-legacy without CAP_NET_RAW only says it cannot initialize
+	// the table: our own capabilities tell the real cause.
+	if miss := missingCaps(mode); miss != "" && !strings.Contains(low, "xtables lock") {
+		return fmt.Errorf("%s: missing capability: add %s to the container: %w", first, miss, ErrUnavailable)
+	}
 	switch {
 	case strings.Contains(low, "xtables lock") || strings.Contains(low, "another app is currently holding"):
 		return fmt.Errorf("the xtables lock stayed busy for the whole --lock-timeout (%s): %w", first, ErrLockTimeout)
@@ -157,6 +163,33 @@ func explain(mode, stderr string, err error) error {
 		return err
 	}
 	return fmt.Errorf("%s: %w", first, err)
+}
+
+// missingCaps names the capabilities the backend needs that this process
+// lacks ("" when it has them, or cannot tell).
+func missingCaps(mode string) string {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return ""
+	}
+	var eff uint64
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "CapEff:"); ok {
+			eff, err = strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			if err != nil {
+				return ""
+			}
+		}
+	}
+	const netAdmin, netRaw = 12, 13
+	var miss []string
+	if eff&(1<<netAdmin) == 0 {
+		miss = append(miss, "CAP_NET_ADMIN")
+	}
+	if mode == Legacy && eff&(1<<netRaw) == 0 {
+		miss = append(miss, "CAP_NET_RAW (iptables-legacy needs it)")
+	}
+	return strings.Join(miss, " and ")
 }
 
 // ErrLockTimeout means the xtables lock was held too long.

@@ -44,6 +44,9 @@ type Options struct {
 	Backend       string // auto, nft or legacy
 	LockTimeout   time.Duration
 	Force         bool
+	// GuardPorts and Owners: see rules.Config.
+	GuardPorts []uint16
+	Owners     *rules.Owners
 	// Lookup resolves a host name; nil means the system resolver.
 	Lookup func(ctx context.Context, host string) ([]netip.Addr, error)
 }
@@ -79,13 +82,17 @@ func Resolve(ctx context.Context, o Options) (map[rules.Family]netip.AddrPort, e
 
 // Plan resolves the upstream (dnat mode) and builds the desired state.
 func Plan(ctx context.Context, o Options, noIptables bool) (rules.Plan, error) {
-	c := rules.Config{Endpoints: o.Endpoints, Mode: o.Mode, NoIptables: noIptables}
+	c := rules.Config{Endpoints: o.Endpoints, Mode: o.Mode, NoIptables: noIptables, GuardPorts: o.GuardPorts, Owners: o.Owners}
 	if o.Mode == rules.ModeDNAT {
 		ups, err := Resolve(ctx, o)
 		if err != nil {
 			return rules.Plan{}, err
 		}
 		c.Upstreams = ups
+	} else if ap, ok := o.Upstream.Addr(); ok && o.Owners != nil {
+		// alias-only: the proxy forwards to the upstream; a literal address
+		// is protected from other uids too (a name may not resolve here).
+		c.Upstreams = map[rules.Family]netip.AddrPort{rules.FamilyOf(ap.Addr()): ap}
 	}
 	return rules.Build(c)
 }

@@ -50,7 +50,15 @@ const (
 	ChainNATOutput      = ChainPrefix + "OUTPUT"
 	ChainNATPostrouting = ChainPrefix + "POSTROUTING"
 	ChainInputGuard     = ChainPrefix + "INPUT"
+	ChainOwnerFilter    = ChainPrefix + "OWNER"
 )
+
+// Owners restricts who may open connections to the credential endpoint and
+// the upstream, by socket owner (filter OUTPUT, which sees DNATed packets
+// with their new destination).
+type Owners struct {
+	UIDs, GIDs []uint32
+}
 
 // Config is what the planner needs: validated flags with the upstream
 // already resolved.
@@ -63,6 +71,13 @@ type Config struct {
 	// NoIptables plans addresses only (--allow-fallback when iptables is
 	// unusable).
 	NoIptables bool
+	// GuardPorts are local TCP ports (e.g. a credential server bound to
+	// 0.0.0.0:1338) that only this namespace may reach: new connections to
+	// them that do not arrive on lo are dropped.
+	GuardPorts []uint16
+	// Owners, if set, lets only these uids/gids connect to the endpoints and
+	// the upstream; others get a TCP reset.
+	Owners *Owners
 }
 
 // Plan is the desired state of the network namespace.
@@ -101,6 +116,19 @@ func Build(c Config) (Plan, error) {
 			addJump(guard, "INPUT", ChainInputGuard)
 			addRule(guard, ChainInputGuard, fmt.Sprintf("-d %s ! -i lo -m conntrack --ctstate INVALID,NEW -j DROP", prefix(a)))
 		}
+		for _, port := range c.GuardPorts {
+			guard := st.table("filter")
+			addJump(guard, "INPUT", ChainInputGuard)
+			addRule(guard, ChainInputGuard, fmt.Sprintf("! -i lo -p tcp -m tcp --dport %d -m conntrack --ctstate INVALID,NEW -j DROP", port))
+		}
+		if c.Owners != nil {
+			filterOwners(st.table("filter"), c.Owners,
+				fmt.Sprintf("-p tcp -m conntrack --ctstate NEW --ctorigdst %s --ctorigdstport %d", a, ep.Port()))
+			if up, ok := c.Upstreams[fam]; ok {
+				filterOwners(st.table("filter"), c.Owners,
+					fmt.Sprintf("-d %s -p tcp -m tcp --dport %d -m conntrack --ctstate NEW", prefix(up.Addr()), up.Port()))
+			}
+		}
 		if c.Mode != ModeDNAT {
 			continue
 		}
@@ -129,6 +157,19 @@ func Build(c Config) (Plan, error) {
 		}
 	}
 	return p, nil
+}
+
+// filterOwners lets the allowed owners' new connections that match pass,
+// and resets everyone else's.
+func filterOwners(t *Table, o *Owners, match string) {
+	addJump(t, "OUTPUT", ChainOwnerFilter)
+	for _, u := range o.UIDs {
+		addRule(t, ChainOwnerFilter, fmt.Sprintf("%s -m owner --uid-owner %d -j RETURN", match, u))
+	}
+	for _, g := range o.GIDs {
+		addRule(t, ChainOwnerFilter, fmt.Sprintf("%s -m owner --gid-owner %d -j RETURN", match, g))
+	}
+	addRule(t, ChainOwnerFilter, match+" -j REJECT --reject-with tcp-reset")
 }
 
 func prefix(a netip.Addr) string { return netip.PrefixFrom(a, a.BitLen()).String() }

@@ -58,6 +58,10 @@ func TestPlanGolden(t *testing.T) {
 		{"dnat-dual-stack-remote", Config{Endpoints: eps(t, "169.254.170.23,[fd00:ec2::23]"), Mode: ModeDNAT, Upstreams: ups("10.0.0.7:1338", "[fd00::7]:1338")}},
 		{"dnat-loopback-endpoint", Config{Endpoints: eps(t, "127.0.0.1:80"), Mode: ModeDNAT, Upstreams: ups("127.0.0.1:1338")}},
 		{"dnat-to-proxy-listener", Config{Endpoints: eps(t, "169.254.170.2"), Mode: ModeDNAT, Upstreams: ups("127.0.0.1:15080")}},
+		{"dnat-guard-upstream-port", Config{Endpoints: eps(t, "169.254.170.2"), Mode: ModeDNAT, Upstreams: ups("127.0.0.1:1338"), GuardPorts: []uint16{1338}}},
+		{"dnat-owner-filter", Config{Endpoints: eps(t, "169.254.170.2"), Mode: ModeDNAT, Upstreams: ups("127.0.0.1:1338"),
+			Owners: &Owners{UIDs: []uint32{1000, 65532}, GIDs: []uint32{3000}}}},
+		{"alias-only-owner-filter-ipv6", Config{Endpoints: eps(t, "[fd00:ec2::23]"), Mode: ModeAliasOnly, Owners: &Owners{UIDs: []uint32{65532}}}},
 		{"alias-only", Config{Endpoints: eps(t, "169.254.170.2,[fd00:ec2::23]"), Mode: ModeAliasOnly}},
 		{"dnat-fallback-no-iptables", Config{Endpoints: eps(t, "169.254.170.2"), Mode: ModeDNAT, Upstreams: ups("127.0.0.1:1338"), NoIptables: true}},
 	}
