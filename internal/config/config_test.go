@@ -168,3 +168,25 @@ func FuzzParseUpstream(f *testing.F) {
 		}
 	})
 }
+
+func TestParsePortsAndIDs(t *testing.T) {
+	if p, err := ParsePorts(" 1338, 15080,1338 "); err != nil || len(p) != 2 || p[0] != 1338 || p[1] != 15080 {
+		t.Errorf("ParsePorts: %v %v", p, err)
+	}
+	if p, err := ParsePorts(""); err != nil || p != nil {
+		t.Errorf("empty list: %v %v", p, err)
+	}
+	for _, bad := range []string{"0", "65536", "http", "1338;1339", "-1"} {
+		if _, err := ParsePorts(bad); err == nil {
+			t.Errorf("ParsePorts(%q) accepted", bad)
+		}
+	}
+	if ids, err := ParseIDs("1000,0,1000,4294967295"); err != nil || len(ids) != 3 {
+		t.Errorf("ParseIDs: %v %v", ids, err)
+	}
+	for _, bad := range []string{"-1", "root", "4294967296", "1.5"} {
+		if _, err := ParseIDs(bad); err == nil {
+			t.Errorf("ParseIDs(%q) accepted", bad)
+		}
+	}
+}

@@ -426,6 +426,12 @@ func TestBadInputGetsOneLineExit2AndChangesNothing(t *testing.T) {
 		{env: []string{"ECSMETA_MODE=nat"}},
 		{env: []string{"ECSMETA_LOCK_TIMEOUT=10"}},
 		{env: []string{"ECSMETA_DRY_RUN=yes please"}},
+		{args: []string{"--guard-ports", "0"}},
+		{args: []string{"--guard-ports", "1338,http"}},
+		{args: []string{"--allow-uids", "-1"}},
+		{args: []string{"--allow-gids", "wheel"}},
+		{env: []string{"ECSMETA_ALLOW_UIDS=1000;1001"}},
+		{env: []string{"ECSMETA_GUARD_PORTS=65536"}},
 	}
 	for _, c := range cases {
 		name := strings.Join(append(c.env, c.args...), " ")
