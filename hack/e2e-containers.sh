@@ -202,6 +202,24 @@ example_dnat() {
   [[ $left == 0 ]] || { echo "FAIL: down left $left containers" >&2; return 1; }
 }
 
+# The hardened override: the app (uid 1000) gets credentials, a container of
+# another uid in the same netns gets a reset.
+example_hardened() {
+  local c=("$compose" -f examples/compose/compose.yaml -f examples/compose/compose.hardened.yaml
+    -f test/containers/compose.test.yaml -f test/containers/compose.hardened.test.yaml)
+  "${c[@]}" down --remove-orphans -t 2 >/dev/null 2>&1 || true
+  "${c[@]}" up -d 2>&1 | grep -v -E '^\s*$' || true
+  wait_app ecsmeta 120 "${c[@]}"
+  check_creds ecsmeta-hardened "${c[@]}"
+  timeout 60 "${c[@]}" wait intruder >/dev/null 2>&1 || true
+  local st
+  st=$(podman inspect --format '{{.State.Status}} {{.State.ExitCode}}' ecsmeta-intruder-1)
+  [[ $st == exited* && $st != "exited 0" ]] || { "${c[@]}" logs intruder; echo "FAIL: a uid-2000 container got credentials ($st)" >&2; return 1; }
+  "${c[@]}" logs --no-log-prefix intruder | grep -q AccessKeyId && { echo "FAIL: the intruder printed credentials" >&2; return 1; }
+  echo "ecsmeta-hardened: uid 2000 in the same netns was refused ($st)"
+  "${c[@]}" down --remove-orphans -t 2 >/dev/null 2>&1
+}
+
 example_userspace() { run_example compose.userspace.yaml compose.userspace.test.yaml ecsmeta-userspace init; down compose.userspace.yaml ecsmeta-userspace; }
 example_restricted() { run_example compose.restricted.yaml compose.test.yaml ecsmeta-restricted; down compose.restricted.yaml ecsmeta-restricted; }
 
@@ -223,6 +241,7 @@ stage compose-plugin compose_plugin
 stage images images
 start_api
 stage compose-dnat example_dnat
+stage compose-hardened example_hardened
 stage compose-userspace example_userspace
 stage compose-restricted example_restricted
 stage chart-pods chart_pods

@@ -215,3 +215,18 @@ func TestMonitoringAndNetworkPolicy(t *testing.T) {
 		t.Errorf("NetworkPolicy must admit only the metrics port, from the given peers: %+v", in)
 	}
 }
+
+func TestHardeningValues(t *testing.T) {
+	spec := mustRender(t, valuesFile(t, "hardened-values.yaml")).Deployment.Spec.Template.Spec
+	init, _ := container(t, &spec, "ecsmeta-init")
+	if !slices.Contains(init.Args, "--allow-uids=1000") || !slices.Contains(init.Args, "--guard-ports=1338") {
+		t.Errorf("init args %v", init.Args)
+	}
+	if cp, _ := container(t, &spec, "credproxy"); cp.StartupProbe != nil || cp.ReadinessProbe != nil {
+		t.Error("with its port guarded, CredProxy's kubelet probes would be dropped: they must be left out")
+	}
+	_, err := Render(map[string]any{"mode": "restricted", "hardening": map[string]any{"allowUIDs": []any{1000}}})
+	if err == nil || !strings.Contains(err.Error(), "restricted mode does not run") {
+		t.Errorf("hardening in restricted mode: %v", err)
+	}
+}

@@ -173,3 +173,25 @@ func TestTestOverridesOnlySwapTheServerAndCutTheNetwork(t *testing.T) {
 		}
 	}
 }
+
+func TestHardenedOverrideAllowsTheAppsUIDAndGuardsCredProxy(t *testing.T) {
+	opts, err := cli.NewProjectOptions([]string{
+		filepath.Join("..", "..", "examples", "compose", "compose.yaml"),
+		filepath.Join("..", "..", "examples", "compose", "compose.hardened.yaml"),
+	}, cli.WithEnv([]string{"CREDPROXY_TOKEN=test-token"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := opts.LoadProject(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := p.Services["ecsmeta-init"].Environment
+	appUID, _, _ := strings.Cut(p.Services["app"].User, ":")
+	if u := env["ECSMETA_ALLOW_UIDS"]; u == nil || !slices.Contains(strings.Split(*u, ","), appUID) {
+		t.Errorf("ECSMETA_ALLOW_UIDS %v must include the app's uid %s", u, appUID)
+	}
+	if g := env["ECSMETA_GUARD_PORTS"]; g == nil || *g != "1338" {
+		t.Errorf("ECSMETA_GUARD_PORTS %v, want CredProxy's 1338", g)
+	}
+}

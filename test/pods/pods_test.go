@@ -32,11 +32,17 @@ func values(mode string) map[string]any {
 	img := func(repo string) map[string]any {
 		return map[string]any{"repository": repo, "tag": tag, "pullPolicy": "Never"}
 	}
+	hardening := map[string]any{}
+	if mode == "dnat-hardened" {
+		// Only the apps' uid 1000 may fetch; CredProxy's port is guarded.
+		mode, hardening = "dnat", map[string]any{"allowUIDs": []any{1000}, "guardCredproxyPort": true}
+	}
 	return map[string]any{
-		"mode":  mode,
-		"auth":  map[string]any{"token": token},
-		"init":  map[string]any{"image": img(initImage)},
-		"proxy": map[string]any{"image": img(proxyImage)},
+		"hardening": hardening,
+		"mode":      mode,
+		"auth":      map[string]any{"token": token},
+		"init":      map[string]any{"image": img(initImage)},
+		"proxy":     map[string]any{"image": img(proxyImage)},
 		"credproxy": map[string]any{
 			"image": img(credImage),
 			// Like CredProxy: every address (the kubelet probes the pod IP),
@@ -103,7 +109,7 @@ func TestRenderedPodsRunForReal(t *testing.T) {
 		t.Fatal("run through hack/e2e-containers.sh (make e2e-containers): it builds the images this test runs")
 	}
 	get := getter(t)
-	for _, mode := range []string{"dnat", "userspace", "restricted"} {
+	for _, mode := range []string{"dnat", "userspace", "restricted", "dnat-hardened"} {
 		t.Run(mode, func(t *testing.T) {
 			r, err := chart.Render(values(mode))
 			if err != nil {
@@ -126,6 +132,9 @@ func TestRenderedPodsRunForReal(t *testing.T) {
 					}
 					ev := run.Events()
 					credReady, proxyStart := index(ev, "credproxy", "startup-ok"), index(ev, "ecsmeta-proxy", "started")
+					if mode == "dnat-hardened" { // CredProxy has no probes: its port is guarded
+						credReady = index(ev, "credproxy", "started")
+					}
 					proxyReady, appStart := index(ev, "ecsmeta-proxy", "startup-ok"), index(ev, pod.app, "started")
 					if credReady < 0 || proxyStart < credReady || proxyReady < proxyStart || appStart < proxyReady {
 						t.Errorf("order: CredProxy ready (%d) < proxy started (%d) < proxy startup ok (%d) < app started (%d): %+v",

@@ -203,8 +203,11 @@ func (r *Runner) Run(ctx context.Context) (map[string]string, error) {
 			if err := r.start(ctx, c, vols); err != nil {
 				return r.logs(), err
 			}
-			if err := r.probeUntil(ctx, c, c.StartupProbe, "startup-ok"); err != nil {
-				return r.logs(), err
+			// Without a startupProbe a sidecar counts as started once running.
+			if c.StartupProbe != nil {
+				if err := r.probeUntil(ctx, c, c.StartupProbe, "startup-ok"); err != nil {
+					return r.logs(), err
+				}
 			}
 			continue
 		}
@@ -392,9 +395,6 @@ func firstBool(a, b *bool) *bool {
 // pod's network namespace until it succeeds or its failureThreshold is
 // used up.
 func (r *Runner) probeUntil(ctx context.Context, c corev1.Container, p *corev1.Probe, what string) error {
-	if p == nil {
-		return fmt.Errorf("container %s: a native sidecar needs a startupProbe here", c.Name)
-	}
 	g := p.HTTPGet
 	if g == nil {
 		return fmt.Errorf("container %s: only httpGet probes are implemented", c.Name)

@@ -69,6 +69,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* The init container; empty in restricted mode. */}}
 {{- define "ecsmeta.initContainer" -}}
+{{- $h := .Values.hardening -}}
+{{- if and (eq .Values.mode "restricted") (or $h.allowUIDs $h.allowGIDs $h.guardCredproxyPort) -}}
+{{- fail "hardening.* is done by ecsmeta-init, which restricted mode does not run: use mode dnat or userspace" -}}
+{{- end -}}
 {{- if ne .Values.mode "restricted" }}
 - name: ecsmeta-init
   image: {{ include "ecsmeta.image" (dict "image" .Values.init.image "appVersion" .Chart.AppVersion) }}
@@ -81,6 +85,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
     - --upstream={{ include "ecsmeta.upstream" . }}
     {{- end }}
     - --iptables-backend={{ .Values.init.iptablesBackend }}
+    {{- with .Values.hardening.allowUIDs }}
+    - --allow-uids={{ join "," . }}
+    {{- end }}
+    {{- with .Values.hardening.allowGIDs }}
+    - --allow-gids={{ join "," . }}
+    {{- end }}
+    {{- if and .Values.hardening.guardCredproxyPort .Values.credproxy.enabled }}
+    - --guard-ports={{ .Values.credproxy.port }}
+    {{- end }}
     {{- with .Values.init.extraArgs }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -113,6 +126,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
     {{- with .Values.credproxy.env }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
+  {{- if not (and .Values.hardening.guardCredproxyPort (ne .Values.mode "restricted")) }}
   startupProbe:
     httpGet: {path: {{ .Values.credproxy.healthPath }}, port: {{ .Values.credproxy.port }}}
     periodSeconds: 1
@@ -120,6 +134,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
   readinessProbe:
     httpGet: {path: {{ .Values.credproxy.healthPath }}, port: {{ .Values.credproxy.port }}}
     periodSeconds: 10
+  {{- end }}
   securityContext:
     {{- toYaml .Values.credproxy.securityContext | nindent 4 }}
   resources:
