@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -133,6 +134,9 @@ type LoadResult struct {
 	Requests   int64   `json:"requests"`
 	Errors     int64   `json:"errors"`
 	FirstError string  `json:"firstError,omitempty"`
+	// ErrorKinds counts errors by kind: refused, reset, eof, timeout,
+	// status, other. A request cut mid-response shows as eof or reset.
+	ErrorKinds map[string]int64 `json:"errorKinds,omitempty"`
 	Seconds    float64 `json:"seconds"`
 	RPS        float64 `json:"rps"`
 	P50ms      float64 `json:"p50ms"`
@@ -156,6 +160,8 @@ func load(args []string) error {
 	deadline := time.Now().Add(*dur)
 	var issued, errs atomic.Int64
 	var firstErr atomic.Value
+	var kindsMu sync.Mutex
+	kinds := map[string]int64{}
 	lat := make([][]time.Duration, *c)
 	var wg sync.WaitGroup
 	start := time.Now()
@@ -176,6 +182,9 @@ func load(args []string) error {
 					if errs.Add(1) == 1 {
 						firstErr.Store(err.Error())
 					}
+					kindsMu.Lock()
+					kinds[errorKind(err)]++
+					kindsMu.Unlock()
 				}
 			}
 		}(w)
@@ -188,6 +197,9 @@ func load(args []string) error {
 	}
 	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
 	res := LoadResult{Requests: int64(len(all)), Errors: errs.Load(), Seconds: elapsed.Seconds()}
+	if len(kinds) > 0 {
+		res.ErrorKinds = kinds
+	}
 	if v, ok := firstErr.Load().(string); ok {
 		res.FirstError = v
 	}
@@ -197,6 +209,23 @@ func load(args []string) error {
 		res.P99ms = float64(all[len(all)*99/100].Microseconds()) / 1000
 	}
 	return json.NewEncoder(os.Stdout).Encode(res)
+}
+
+func errorKind(err error) string {
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "connection refused"):
+		return "refused"
+	case strings.Contains(msg, "connection reset"):
+		return "reset"
+	case strings.Contains(msg, "EOF"):
+		return "eof"
+	case strings.Contains(msg, "Timeout") || strings.Contains(msg, "timeout"):
+		return "timeout"
+	case strings.HasPrefix(msg, "status"):
+		return "status"
+	}
+	return "other"
 }
 
 func fetch(c *http.Client, url, auth string) error {
