@@ -168,7 +168,9 @@ func TestTimeoutsCloseStuckAndSilentConnections(t *testing.T) {
 	}
 
 	holder := ns.Start(nil, nstest.Bin(t, "ecsmeta-testkit"), "hold", "--addr", "127.0.0.1:15080", "--n", "50", "--for", "5s")
-	nstest.WaitFor(t, func() bool { return strings.Contains(holder.Out.String(), "holding 50") || holder.Cmd.ProcessState != nil })
+	nstest.WaitFor(t, func() bool {
+		return strings.Contains(holder.Out.String(), "holding 50") || holder.Cmd.ProcessState != nil
+	})
 	if !strings.Contains(holder.Out.String(), "holding 50") {
 		t.Fatalf("holder: %s", holder.Out.String())
 	}

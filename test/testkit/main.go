@@ -131,16 +131,16 @@ func get(args []string) error {
 
 // LoadResult is printed as JSON by load.
 type LoadResult struct {
-	Requests   int64   `json:"requests"`
-	Errors     int64   `json:"errors"`
-	FirstError string  `json:"firstError,omitempty"`
+	Requests   int64  `json:"requests"`
+	Errors     int64  `json:"errors"`
+	FirstError string `json:"firstError,omitempty"`
 	// ErrorKinds counts errors by kind: refused, reset, eof, timeout,
 	// status, other. A request cut mid-response shows as eof or reset.
 	ErrorKinds map[string]int64 `json:"errorKinds,omitempty"`
-	Seconds    float64 `json:"seconds"`
-	RPS        float64 `json:"rps"`
-	P50ms      float64 `json:"p50ms"`
-	P99ms      float64 `json:"p99ms"`
+	Seconds    float64          `json:"seconds"`
+	RPS        float64          `json:"rps"`
+	P50ms      float64          `json:"p50ms"`
+	P99ms      float64          `json:"p99ms"`
 }
 
 func load(args []string) error {
