@@ -297,11 +297,16 @@ func TestProxyBadInputGetsOneLineAndExit2(t *testing.T) {
 		{"--listen", "localhost:80"}, {"--probe-expect", "2xx"}, {"--health-addr", "1339"}, {"--probe-path", "health"},
 		{"--probe-interval", "0s"}, {"--probe-timeout", "5s"}, {"--max-conns", "0"}, {"--shutdown-grace", "-1s"},
 		{"--upstream", "nohost"}, {"--endpoint", "x:y"}, {"--bogus"},
+		{"--idle-timeout", "forever"}, {"--dial-timeout", "0s"}, {"--shutdown-delay", "-5s"}, {"--v", "loud"}, {"--version=maybe"},
+		{"env", "ECSMETA_LISTEN=localhost:80"}, {"env", "ECSMETA_MAX_CONNS=many"}, {"env", "ECSMETA_PROBE_EXPECT=2xx"},
+		{"env", "ECSMETA_ENDPOINT=169.254.170.2:0"}, {"env", "ECSMETA_IDLE_TIMEOUT=-1s"},
 	} {
-		r := nstest.Result{}
 		cmdArgs := append([]string{nstest.Bin(t, "ecsmeta-proxy")}, args...)
-		r = runHost(cmdArgs...)
-		if r.Code != 2 || strings.Count(strings.TrimSpace(r.Stderr), "\n") != 0 || !strings.Contains(r.Stderr, "--") {
+		if args[0] == "env" { // a malformed variable, no flag
+			cmdArgs = []string{"env", args[1], nstest.Bin(t, "ecsmeta-proxy")}
+		}
+		r := runHost(cmdArgs...)
+		if r.Code != 2 || strings.Count(strings.TrimSpace(r.Stderr), "\n") != 0 || !strings.Contains(r.Stderr, "--") && !strings.Contains(r.Stderr, "ECSMETA_") {
 			t.Errorf("%v: want exit 2 and one line naming a flag, got %d: %s", args, r.Code, r.Stderr)
 		}
 	}
