@@ -303,6 +303,17 @@ func (ns *NS) StartCredServer(listen string, args ...string) *Proc {
 	return p
 }
 
+// Main is a root-needing suite's TestMain: it warns loudly when not root
+// (every such test then skips), runs the tests and removes the binaries.
+func Main(m *testing.M, suite string) {
+	if os.Geteuid() != 0 {
+		fmt.Fprintf(os.Stderr, "*** WARNING: not root: %s will SKIP. Run `sudo make test`; CI runs it as root.\n", suite)
+	}
+	code := m.Run()
+	Cleanup()
+	os.Exit(code)
+}
+
 // Cleanup removes the built binaries; call it from TestMain.
 func Cleanup() {
 	buildMu.Lock()

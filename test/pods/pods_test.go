@@ -58,6 +58,18 @@ func values(mode string) map[string]any {
 	}
 }
 
+// requirePodmanAndImages skips loudly without root, and fails outside
+// hack/e2e-containers.sh, which builds the images these tests run.
+func requirePodmanAndImages(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("*** SKIPPED: NOT ROOT: runs podman; `sudo make e2e-containers` runs it (CI does, as root)")
+	}
+	if os.Getenv("PODS_IMAGES") != "built" {
+		t.Fatal("run through hack/e2e-containers.sh (make e2e-containers): it builds the images this test runs")
+	}
+}
+
 func getter(t *testing.T) string {
 	t.Helper()
 	_, file, _, _ := runtime.Caller(0)
@@ -102,12 +114,7 @@ func index(events []Event, ctr, what string) int {
 // test pod for every mode, and checks the app got credentials the server
 // issued for the right token, in the right order.
 func TestRenderedPodsRunForReal(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("*** SKIPPED: NOT ROOT: runs podman; `sudo make e2e-containers` runs it (CI does, as root)")
-	}
-	if os.Getenv("PODS_IMAGES") != "built" {
-		t.Fatal("run through hack/e2e-containers.sh (make e2e-containers): it builds the images this test runs")
-	}
+	requirePodmanAndImages(t)
 	get := getter(t)
 	for _, mode := range []string{"dnat", "userspace", "restricted", "dnat-hardened"} {
 		t.Run(mode, func(t *testing.T) {
@@ -154,12 +161,7 @@ func TestRenderedPodsRunForReal(t *testing.T) {
 // go to the pod IP: a proxy whose health server listens on 127.0.0.1 only,
 // or a startupProbe on the wrong port, never becomes ready.
 func TestRunnerCatchesAHealthServerOnLoopbackAndAWrongPort(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("*** SKIPPED: NOT ROOT: runs podman; `sudo make e2e-containers` runs it (CI does, as root)")
-	}
-	if os.Getenv("PODS_IMAGES") != "built" {
-		t.Fatal("run through hack/e2e-containers.sh (make e2e-containers): it builds the images this test runs")
-	}
+	requirePodmanAndImages(t)
 	get := getter(t)
 	for name, mutate := range map[string]func(c *corev1.Container){
 		"health on loopback": func(c *corev1.Container) {
