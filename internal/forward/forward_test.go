@@ -203,6 +203,7 @@ func TestWatchPortSeesTheProbesOwnConnection(t *testing.T) {
 	f, addr, _ := start(t, up, nil)
 	c := dial(t, addr)
 	port := c.LocalAddr().(*net.TCPAddr).AddrPort().Port()
+	waitActive(t, f, 1) // the kernel completes the handshake before Accept returns
 	served := f.WatchPort(port) // registered after the accept: not seen
 	if served() {
 		t.Fatal("a port registered after its connection was accepted counted as served")
