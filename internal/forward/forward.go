@@ -76,7 +76,10 @@ func (f *Forwarder) Listen() error {
 	}
 	f.poll = p
 	for _, addr := range f.opts.Listen {
-		ln, err := net.Listen("tcp", addr)
+		// No TCP keepalive: the idle timeout already ends dead connections,
+		// and Go's default costs four setsockopt calls per connection.
+		lc := net.ListenConfig{KeepAlive: -1}
+		ln, err := lc.Listen(context.Background(), "tcp", addr)
 		if err != nil {
 			f.CloseListeners()
 			f.Close()
@@ -457,7 +460,7 @@ func (f *Forwarder) dial() (*net.TCPConn, error) {
 	if err != nil {
 		return nil, err
 	}
-	var d net.Dialer
+	d := net.Dialer{KeepAlive: -1} // as for accepted connections
 	var errs []string
 	for _, a := range addrs {
 		c, err := d.DialContext(ctx, "tcp", a.String())
