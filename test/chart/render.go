@@ -83,26 +83,21 @@ func Render(vals map[string]any) (*Rendered, error) {
 		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
 			return nil, fmt.Errorf("rendered YAML does not parse: %v\n%s", err, doc)
 		}
+		// A pointer to the field: decoding allocates the object.
 		var target any
 		switch meta.Kind {
 		case "Deployment":
-			out.Deployment = &appsv1.Deployment{}
-			target = out.Deployment
+			target = &out.Deployment
 		case "Secret":
-			out.Secret = &corev1.Secret{}
-			target = out.Secret
+			target = &out.Secret
 		case "Service":
-			out.Service = &corev1.Service{}
-			target = out.Service
+			target = &out.Service
 		case "NetworkPolicy":
-			out.NetworkPolicy = &networkingv1.NetworkPolicy{}
-			target = out.NetworkPolicy
+			target = &out.NetworkPolicy
 		case "ServiceMonitor":
-			out.ServiceMonitor = &monitoringv1.ServiceMonitor{}
-			target = out.ServiceMonitor
+			target = &out.ServiceMonitor
 		case "Pod":
-			out.TestPod = &corev1.Pod{}
-			target = out.TestPod
+			target = &out.TestPod
 		default:
 			return nil, fmt.Errorf("the chart renders a %q this test does not know: add its Go type", meta.Kind)
 		}
