@@ -52,7 +52,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	allowUIDs := fs.String("allow-uids", "", "comma-separated uids allowed to connect to the endpoints and the upstream; others get a TCP reset. The proxy's uid 65532 is always allowed")
 	allowGIDs := fs.String("allow-gids", "", "comma-separated gids allowed like --allow-uids")
 	fs.AddVerbosity()
-	version := fs.AddVersion()
+	fs.AddVersion()
 
 	klog.SetOutput(stderr)
 	klog.LogToStderr(false)
@@ -60,15 +60,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "ecsmeta-init: %v\n", err)
 		return code
 	}
-	if err := fs.Parse(args, stdout); err != nil {
-		if errors.Is(err, config.ErrHelp) {
-			return config.ExitOK
-		}
-		return fail(config.ExitUsage, err)
-	}
-	if *version {
-		fmt.Fprintf(stdout, "ecsmeta-init %s\n", config.Version)
-		return config.ExitOK
+	if code, done := fs.ParseMain(args, stdout, stderr); done {
+		return code
 	}
 	m, err := rules.ParseMode(*mode)
 	if err != nil {

@@ -80,16 +80,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	shutdownDelay := fs.Duration("shutdown-delay", 0, "on SIGTERM keep serving this long first (clusters without native sidecars)")
 	shutdownGrace := fs.Duration("shutdown-grace", 10*time.Second, "then: readiness false, listeners close, open connections drain up to this long")
 	fs.AddVerbosity()
-	version := fs.AddVersion()
-	if err := fs.Parse(args, stdout); err != nil {
-		if errors.Is(err, config.ErrHelp) {
-			return config.ExitOK
-		}
-		return fail(config.ExitUsage, err)
-	}
-	if *version {
-		fmt.Fprintf(stdout, "ecsmeta-proxy %s\n", config.Version)
-		return config.ExitOK
+	fs.AddVersion()
+	if code, done := fs.ParseMain(args, stdout, stderr); done {
+		return code
 	}
 	o := sidecar.Options{
 		Endpoints: endpoints.List, Upstream: upstream.Upstream, HealthAddr: *healthAddr, ProbePath: *probePath,

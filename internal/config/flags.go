@@ -47,6 +47,7 @@ type FlagSet struct {
 	*flag.FlagSet
 	Prog    string
 	Summary string // first lines of --help
+	version *bool  // set by AddVersion
 }
 
 // NewFlagSet returns a FlagSet that reports errors instead of printing usage.
@@ -212,7 +213,25 @@ func (fs *FlagSet) AddVerbosity() {
 	fs.Var(kfs.Lookup("v").Value, "v", "log verbosity (klog); 4 and above log per-connection and per-command detail")
 }
 
-// AddVersion registers --version.
-func (fs *FlagSet) AddVersion() *bool {
-	return fs.Bool("version", false, "print the version and exit")
+// AddVersion registers --version; ParseMain prints it.
+func (fs *FlagSet) AddVersion() {
+	fs.version = fs.Bool("version", false, "print the version and exit")
+}
+
+// ParseMain parses a binary's arguments as both binaries do: --help and
+// --version print to stdout, bad input prints its one line to stderr. When
+// done is true the binary exits with code right away.
+func (fs *FlagSet) ParseMain(args []string, stdout, stderr io.Writer) (code int, done bool) {
+	if err := fs.Parse(args, stdout); err != nil {
+		if errors.Is(err, ErrHelp) {
+			return ExitOK, true
+		}
+		fmt.Fprintf(stderr, "%s: %v\n", fs.Prog, err)
+		return ExitUsage, true
+	}
+	if fs.version != nil && *fs.version {
+		fmt.Fprintf(stdout, "%s %s\n", fs.Prog, Version)
+		return ExitOK, true
+	}
+	return ExitOK, false
 }
