@@ -16,7 +16,12 @@ ROOTFS_PACKAGES=iptables,iproute2,awscli,python3-cffi-backend
 stage() {
   local t0=$SECONDS rc=0
   echo "=== e2e-containers $1: start"
-  "$2" || rc=$?
+  # In a subshell with errexit, not behind ||: there bash ignores -e inside
+  # the function, and a failing step in its middle would go unnoticed.
+  set +e
+  (set -e; "$2")
+  rc=$?
+  set -e
   echo "=== e2e-containers $1: $([[ $rc == 0 ]] && echo ok || echo "FAILED (exit $rc)") in $((SECONDS - t0))s"
   return $rc
 }
@@ -147,14 +152,14 @@ export ECSMETA_INIT_IMAGE=localhost/ecsmeta-test/ecsmeta-init:test ECSMETA_PROXY
   CREDPROXY_IMAGE=localhost/ecsmeta-test/credserver:test APP_IMAGE=localhost/ecsmeta-test/app:test
 export CREDPROXY_TOKEN=ecsmeta-containers-test-token-$RANDOM$RANDOM
 
-# run_example FILE OVERRIDE PROJECT [init]: starts the example, asserts the
-# app printed credentials the test server issued for the right token.
+# run_example PROJECT WITH_INIT COMPOSE...: starts the project, asserts the
+# init service (if WITH_INIT) exited 0, the proxy is healthy and the app
+# printed credentials the test server issued for the right token.
 run_example() {
-  local file=examples/compose/$1 override=test/containers/$2 project=$3 with_init=${4:-}
-  local c=("$compose" -f "$file" -f "$override")
-  "${c[@]}" down --remove-orphans -t 2 >/dev/null 2>&1 || true
-  "${c[@]}" up -d --quiet-pull 2>&1 | grep -v -E '^\s*$' || true
-  wait_app "$project" 120 "${c[@]}"
+  local project=$1 with_init=$2; shift 2
+  "$@" down --remove-orphans -t 2 >/dev/null 2>&1 || true
+  "$@" up -d --quiet-pull 2>&1 | grep -v -E '^\s*$' || true
+  wait_app "$project" 120 "$@"
   if [[ -n $with_init ]]; then
     local ic
     ic=$(podman inspect --format '{{.State.ExitCode}}' "$project-ecsmeta-init-1")
@@ -162,8 +167,20 @@ run_example() {
   fi
   [[ $(podman inspect --format '{{.State.Health.Status}}' "$project-ecsmeta-proxy-1") == healthy ]] \
     || { echo "FAIL: $project: ecsmeta-proxy is not healthy" >&2; return 1; }
-  check_creds "$project" "${c[@]}"
+  check_creds "$project" "$@"
 }
+
+# down PROJECT COMPOSE...: stops the project and asserts no container is left.
+down() {
+  local project=$1; shift
+  "$@" down --remove-orphans -t 2 >/dev/null 2>&1
+  local left
+  left=$(podman ps -a -q --filter label=com.docker.compose.project="$project" | wc -l)
+  [[ $left == 0 ]] || { echo "FAIL: down left $left containers of $project" >&2; return 1; }
+}
+
+# compose_files FILE...: the compose command for these files.
+compose_files() { c=("$compose"); for f in "$@"; do c+=(-f "$f"); done; }
 
 # wait_app PROJECT SECONDS COMPOSE...: the app container finished, exit 0.
 wait_app() {
@@ -179,7 +196,7 @@ wait_app() {
 check_creds() {
   local project=$1; shift
   local out key hash
-  out=$("$@" logs --no-log-prefix app | grep AccessKeyId | tail -1)
+  out=$("$@" logs --no-log-prefix app | grep AccessKeyId | tail -1) || true
   key=$(sed -n 's/.*"AccessKeyId": *"\(ASIAECSMETATEST[0-9]*\)".*/\1/p' <<<"$out")
   [[ -n $key ]] || { echo "FAIL: $project: the app printed no test credentials: $out" >&2; return 1; }
   hash=$(printf %s "$CREDPROXY_TOKEN" | sha256sum | cut -c1-8)
@@ -188,46 +205,41 @@ check_creds() {
   echo "$project: app got $key through ecsmeta; the server saw the right token"
 }
 
+ex=examples/compose tc=test/containers
+
 example_dnat() {
-  run_example compose.yaml compose.test.yaml ecsmeta init
+  local c; compose_files $ex/compose.yaml $tc/compose.test.yaml
+  run_example ecsmeta init "${c[@]}"
   # CredProxy restarting alone strands nobody: the netns belongs to "pod".
-  local c=("$compose" -f examples/compose/compose.yaml -f test/containers/compose.test.yaml)
   "${c[@]}" restart -t 2 credproxy >/dev/null 2>&1
   "${c[@]}" up -d --no-deps --force-recreate app >/dev/null 2>&1
   wait_app ecsmeta 60 "${c[@]}"
   check_creds ecsmeta-after-credproxy-restart "${c[@]}"
-  "${c[@]}" down --remove-orphans -t 2 >/dev/null 2>&1
-  local left
-  left=$(podman ps -a -q --filter label=com.docker.compose.project=ecsmeta | wc -l)
-  [[ $left == 0 ]] || { echo "FAIL: down left $left containers" >&2; return 1; }
+  down ecsmeta "${c[@]}"
 }
 
 # The hardened override: the app (uid 1000) gets credentials, a container of
 # another uid in the same netns gets a reset.
 example_hardened() {
-  local c=("$compose" -f examples/compose/compose.yaml -f examples/compose/compose.hardened.yaml
-    -f test/containers/compose.test.yaml -f test/containers/compose.hardened.test.yaml)
-  "${c[@]}" down --remove-orphans -t 2 >/dev/null 2>&1 || true
-  "${c[@]}" up -d 2>&1 | grep -v -E '^\s*$' || true
-  wait_app ecsmeta 120 "${c[@]}"
-  check_creds ecsmeta-hardened "${c[@]}"
+  local c; compose_files $ex/compose.yaml $ex/compose.hardened.yaml $tc/compose.test.yaml $tc/compose.hardened.test.yaml
+  run_example ecsmeta init "${c[@]}"
   timeout 60 "${c[@]}" wait intruder >/dev/null 2>&1 || true
   local st
   st=$(podman inspect --format '{{.State.Status}} {{.State.ExitCode}}' ecsmeta-intruder-1)
   [[ $st == exited* && $st != "exited 0" ]] || { "${c[@]}" logs intruder; echo "FAIL: a uid-2000 container got credentials ($st)" >&2; return 1; }
   "${c[@]}" logs --no-log-prefix intruder | grep -q AccessKeyId && { echo "FAIL: the intruder printed credentials" >&2; return 1; }
   echo "ecsmeta-hardened: uid 2000 in the same netns was refused ($st)"
-  "${c[@]}" down --remove-orphans -t 2 >/dev/null 2>&1
+  down ecsmeta "${c[@]}"
 }
 
-example_userspace() { run_example compose.userspace.yaml compose.userspace.test.yaml ecsmeta-userspace init; down compose.userspace.yaml ecsmeta-userspace; }
-example_restricted() { run_example compose.restricted.yaml compose.test.yaml ecsmeta-restricted; down compose.restricted.yaml ecsmeta-restricted; }
+example_userspace() {
+  local c; compose_files $ex/compose.userspace.yaml $tc/compose.userspace.test.yaml
+  run_example ecsmeta-userspace init "${c[@]}" && down ecsmeta-userspace "${c[@]}"
+}
 
-down() {
-  "$compose" -f "examples/compose/$1" down --remove-orphans -t 2 >/dev/null 2>&1
-  local left
-  left=$(podman ps -a -q --filter label=com.docker.compose.project="$2" | wc -l)
-  [[ $left == 0 ]] || { echo "FAIL: down left $left containers of $2" >&2; return 1; }
+example_restricted() {
+  local c; compose_files $ex/compose.restricted.yaml $tc/compose.test.yaml
+  run_example ecsmeta-restricted "" "${c[@]}" && down ecsmeta-restricted "${c[@]}"
 }
 
 # The chart's rendered pods, realized with podman by test/pods (native

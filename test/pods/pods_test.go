@@ -4,10 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"regexp"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/ecsmeta/ecsmeta/internal/credtest"
+	"github.com/ecsmeta/ecsmeta/internal/nstest"
 	"github.com/ecsmeta/ecsmeta/test/chart"
 )
 
@@ -70,18 +68,10 @@ func requirePodmanAndImages(t *testing.T) {
 	}
 }
 
-func getter(t *testing.T) string {
-	t.Helper()
-	_, file, _, _ := runtime.Caller(0)
-	bin := filepath.Join(t.TempDir(), "ecsmeta-testkit")
-	cmd := exec.Command("go", "build", "-o", bin, "./test/testkit")
-	cmd.Dir = filepath.Join(filepath.Dir(file), "..", "..")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build testkit: %v\n%s", err, out)
-	}
-	return bin
-}
+// getter is the HTTP getter probes run inside the pod's netns.
+func getter(t *testing.T) string { return nstest.Bin(t, "ecsmeta-testkit") }
+
+func TestMain(m *testing.M) { nstest.Main(m, "the pod runs") }
 
 var keyRE = regexp.MustCompile(`"AccessKeyId": "(ASIAECSMETATEST\d+)"`)
 
